@@ -1,0 +1,14 @@
+"""trilens: mechanistic interpretability for encoder, decoder and encoder-decoder transformers."""
+
+from .capture import AblateHeads, AblateNeurons, ActivationCache, Hook, Intervention, Patch, Steer
+from .errors import InputError, ModelLoadError, SiteError, StoreError, TrilensError, UnsupportedArchitectureError
+from .loading import load
+from .model import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "Model", "ActivationCache",
+    "Intervention", "Patch", "Steer", "AblateHeads", "AblateNeurons", "Hook",
+    "TrilensError", "ModelLoadError", "UnsupportedArchitectureError", "SiteError", "InputError", "StoreError",
+]

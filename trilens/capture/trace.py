@@ -1,0 +1,139 @@
+"""``trace``: one forward pass that captures only the sites asked for; ``run``: a plain forward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..devices import as_device, as_dtype
+from ..errors import InputError
+from ..inputs import Batch
+from ..sites import PATTERN_KINDS
+from .cache import ActivationCache
+from .interventions import Intervention, RunState
+from .positions import gather_positions, position_index
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+def capture_hook(
+    store: dict[str, Any], name: str, axis: int, index: torch.Tensor | None,
+    dtype: torch.dtype | None, device: torch.device | None, append: bool = False,
+) -> Callable:
+    """A hook that keeps a detached (position-selected, cast, moved) copy of the activation."""
+
+    def hook(x: torch.Tensor, hook: Any = None) -> None:
+        y = x.detach()
+        if index is not None:
+            y = gather_positions(y, index, axis)
+        if dtype is not None or device is not None:
+            y = y.to(device=device or y.device, dtype=dtype or y.dtype)
+        if append:
+            store.setdefault(name, []).append(y)
+        else:
+            store[name] = y
+
+    return hook
+
+
+def intervention_hooks(model: Model, interventions: Sequence[Intervention], state: RunState) -> list[tuple[str, Callable]]:
+    hooks: list[tuple[str, Callable]] = []
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise InputError(f"interventions must be trilens Intervention objects (Patch, Steer, AblateHeads...), not {type(iv).__name__}.")
+        hooks.extend(iv.hooks(model, state))
+    return hooks
+
+
+def _needs_target(model: Model, names: Sequence[str]) -> list[str]:
+    return [n for n in names if model.site_index.site(n).stack == "decoder"] if model.family == "encoder-decoder" else []
+
+
+def forward(model: Model, batch: Batch) -> Any:
+    """The HF forward for a batch; encoder-decoders without targets run only the encoder."""
+    if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
+        return model.hf_model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return model.hf_model(**batch.forward_kwargs())
+
+
+def trace(
+    model: Model,
+    inputs: Any,
+    sites: str | Sequence[str],
+    *,
+    positions: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    interventions: Sequence[Intervention] = (),
+    truncate: bool = False,
+    batch_size: int | None = None,
+    logits: bool = True,
+) -> ActivationCache:
+    """Capture ``sites`` for ``inputs`` in one forward pass (or ``batch_size`` rows at a time)."""
+    names = model.site_index.resolve(sites)
+    out_dtype, out_device = as_dtype(dtype), as_device(device)
+    batch = model.encode(inputs, truncate=truncate).to(model.device)
+    missing = _needs_target(model, names) if batch.decoder_input_ids is None else []
+    if missing:
+        raise InputError(
+            f"decoder site {missing[0]} needs a target: pass (source, target) pairs to teacher-force the decoder."
+        )
+    per_stack = positions if isinstance(positions, dict) else {s: positions for s in batch.masks}
+    index = {s: position_index(per_stack.get(s), m.cpu()) for s, m in batch.masks.items()}
+    n = batch.input_ids.shape[0]
+    step = batch_size or n
+    if step < 1:
+        raise InputError(f"batch_size must be at least 1, not {batch_size}.")
+    chunks: list[dict[str, torch.Tensor]] = []
+    chunk_logits = []
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        sub = _slice(batch, rows)
+        store: dict[str, torch.Tensor] = {}
+        hooks = intervention_hooks(model, interventions, RunState())
+        for name in names:
+            site = model.site_index.site(name)
+            idx = index.get(site.stack)
+            hooks.append((name, capture_hook(store, name, 2 if site.kind in PATTERN_KINDS else 1,
+                                             None if idx is None else idx[rows], out_dtype, out_device)))
+        with torch.inference_mode(), model.hooks(hooks):
+            out = forward(model, sub)
+        chunks.append(store)
+        if logits and getattr(out, "logits", None) is not None:
+            lg = out.logits
+            idx = index.get("decoder" if model.family != "encoder" else "encoder")
+            chunk_logits.append((lg if idx is None else gather_positions(lg, idx[rows], 1)).to(out_device or lg.device))
+    acts = {name: torch.cat([c[name] for c in chunks]) if len(chunks) > 1 else chunks[0][name] for name in names if name in chunks[0]}
+    masks, ids = {}, {}
+    for s, m in batch.masks.items():
+        masks[s] = m.cpu() if index[s] is None else gather_positions(m.cpu(), index[s], 1)
+        ids[s] = batch.ids[s].cpu() if index[s] is None else gather_positions(batch.ids[s].cpu(), index[s], 1)
+    tokens = {s: [model.tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if model.tokenizer else {}
+    return ActivationCache(
+        acts, {n: model.site_index.site(n) for n in names}, stacks=model.stacks, masks=masks, tokens=tokens, ids=ids,
+        positions={s: i for s, i in index.items() if i is not None},
+        logits=torch.cat(chunk_logits) if chunk_logits else None,
+        info={"model": model.name, "architecture": model.architecture, "family": model.family,
+              "positions": positions if not isinstance(positions, torch.Tensor) else positions.tolist(),
+              "interventions": [type(i).__name__ for i in interventions]},
+    )
+
+
+def _slice(batch: Batch, rows: slice) -> Batch:
+    def cut(t):
+        return None if t is None else t[rows]
+
+    return Batch(cut(batch.input_ids), cut(batch.attention_mask), cut(batch.decoder_input_ids),
+                 cut(batch.decoder_attention_mask), cut(batch.labels))
+
+
+def run(model: Model, inputs: Any, *, interventions: Sequence[Intervention] = (), truncate: bool = False) -> torch.Tensor:
+    """A plain forward with optional interventions -> logits."""
+    batch = model.encode(inputs, truncate=truncate).to(model.device)
+    if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
+        raise InputError("an encoder-decoder run needs targets for its logits: pass (source, target) pairs.")
+    with torch.inference_mode(), model.hooks(intervention_hooks(model, interventions, RunState())):
+        return model.hf_model(**batch.forward_kwargs()).logits

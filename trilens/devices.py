@@ -1,0 +1,52 @@
+"""Validate user-given dtypes and devices once, with errors that say what is allowed."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import TrilensError
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "fp64": torch.float64,
+}
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A floating torch dtype from a name or dtype; None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise TrilensError(f"dtype {dtype} is not a floating-point type; use one of {sorted(set(_DTYPES))}.")
+        return dtype
+    key = str(dtype).removeprefix("torch.")
+    if key not in _DTYPES:
+        raise TrilensError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
+    return _DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def as_device(device: str | torch.device | None) -> torch.device | None:
+    """A torch device that exists on this machine; None stays None."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise TrilensError(f"{device!r} is not a device name; use 'cpu', 'cuda', 'cuda:0' or 'mps'.") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrilensError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrilensError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TrilensError(f"device {device!r} was asked for but MPS is not available here; use device='cpu'.")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise TrilensError(f"device type {dev.type!r} is not supported; use 'cpu', 'cuda' or 'mps'.")
+    return dev

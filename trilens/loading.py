@@ -1,0 +1,180 @@
+"""``trilens.load``: any HF checkpoint of the three families, an HF model object, a bridge, or the zoo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import Architecture, resolve, supported_summary
+from .devices import as_device, as_dtype
+from .errors import ModelLoadError, UnsupportedArchitectureError
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+
+def _architecture(hf_class: str | None, config: Any) -> Architecture:
+    arch = resolve(hf_class, bool(getattr(config, "is_encoder_decoder", False))) if hf_class else None
+    if arch is None:
+        raise UnsupportedArchitectureError(
+            f"trilens cannot wrap architecture {hf_class!r} (model type {getattr(config, 'model_type', '?')!r}).\n"
+            f"Supported families:\n{supported_summary()}"
+        )
+    return arch
+
+
+def _import_class(name: str) -> Any:
+    import transformers
+
+    try:
+        return getattr(transformers, name)
+    except AttributeError as err:
+        raise UnsupportedArchitectureError(f"transformers {transformers.__version__} has no class {name!r}.") from err
+
+
+def _wrap_headless(model: torch.nn.Module, arch: Architecture) -> torch.nn.Module:
+    """Put a headless encoder (``BertModel``) inside its MLM class so the bridge can wrap it."""
+    cls = _import_class(arch.wrap_as)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the added head is untrained; keep it the same on every load
+        wrapped = cls(model.config)
+    base = getattr(wrapped, wrapped.base_model_prefix)
+    missing, _ = base.load_state_dict(model.state_dict(), strict=False)
+    if missing:
+        raise ModelLoadError(f"could not place the {arch.hf_class} weights in {arch.wrap_as}: missing {missing[:5]}")
+    wrapped.tie_weights()
+    return wrapped.to(dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
+
+
+def _from_directory(path: Path, dtype: torch.dtype | None, trust_remote_code: bool, hf_kwargs: dict) -> tuple[Any, Any, Architecture]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path} does not hold a readable HF config.json: {err}") from err
+    hf_class = (config.architectures or [None])[0]
+    arch = _architecture(hf_class, config)
+    cls = _import_class(arch.hf_class)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, trust_remote_code=trust_remote_code, **hf_kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"could not load the weights in {path}: {err}") from err
+    try:
+        tokenizer = _load_tokenizer(path, AutoTokenizer)
+    except (OSError, ValueError, TypeError):
+        log.warning("no tokenizer in %s: this model will take token ids only", path)
+        tokenizer = None
+    return hf, tokenizer, arch
+
+
+def _load_tokenizer(path: Path, auto: Any) -> Any:
+    # transformers 5 picks the tokenizer class from the model type (Qwen2 -> Qwen2Tokenizer) even
+    # when the folder holds a generic tokenizers-library tokenizer; honour what was saved.
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    cfg_file = path / "tokenizer_config.json"
+    saved = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.exists() else None
+    if saved in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return auto.from_pretrained(path)
+
+
+def _from_hub(source: str, **kw: Any) -> tuple[Any, Any, Architecture]:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        local = snapshot_download(source, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bin"] )
+    except Exception as err:  # hub errors come in many types; all mean the same to the user
+        raise ModelLoadError(
+            f"{source!r} is not a local directory, and it could not be fetched from the model hub"
+            + (" because HF_HUB_OFFLINE is set" if offline else " (offline, or no such model)")
+            + ". Pass the path of a directory holding config.json and the weights, or 'zoo:NAME' for a bundled model."
+        ) from err
+    return _from_directory(Path(local), **kw)
+
+
+def _prepare_tokenizer(tokenizer: Any, hf: Any) -> Any:
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        # Decoder-only tokenizers (GPT-2) have no pad token; padding is masked anyway.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load(
+    source: Any,
+    *,
+    tokenizer: Any = None,
+    device: Any = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    **hf_kwargs: Any,
+) -> Model:
+    """Load a model of any of the three families as a ``trilens.Model``.
+
+    Args:
+        source: a local HF directory, a hub id (only where the hub is reachable), an HF
+            ``PreTrainedModel`` (pass ``tokenizer=``), an existing ``TransformerBridge``, or ``"zoo:NAME"``.
+        tokenizer: a tokenizer to use instead of the one saved with the model.
+        device: where to put the model (``"cpu"``, ``"cuda"``...); checked to exist.
+        dtype: the weights' dtype (``"float32"``, ``"bfloat16"``...).
+        trust_remote_code: allow custom modelling code from the checkpoint (off by default).
+        hf_kwargs: passed to ``from_pretrained``.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    torch_dtype = as_dtype(dtype)
+    torch_device = as_device(device)
+    kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
+
+    if isinstance(source, TransformerBridge):
+        hf = source.original_model
+        arch = _architecture(type(hf).__name__, hf.config)
+        model = Model(source, _prepare_tokenizer(tokenizer or source.tokenizer, hf), arch.family, getattr(source.cfg, "model_name", type(hf).__name__))
+        return model.to(torch_device) if torch_device else model
+    if isinstance(source, torch.nn.Module):
+        hf, tok, arch = source, tokenizer, _architecture(type(source).__name__, getattr(source, "config", None))
+        name = getattr(source.config, "name_or_path", "") or type(source).__name__
+        if torch_dtype is not None:
+            hf = hf.to(torch_dtype)
+    elif isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        if text.startswith("zoo:"):
+            from .zoo import zoo_path
+
+            hf, tok, arch = _from_directory(zoo_path(text[4:]), **kw)
+        elif Path(text).expanduser().is_dir():
+            hf, tok, arch = _from_directory(Path(text).expanduser(), **kw)
+        elif Path(text).expanduser().exists():
+            raise ModelLoadError(f"{text} is a file; pass the directory that holds config.json and the weights.")
+        else:
+            hf, tok, arch = _from_hub(text, **kw)
+        name = text
+        tok = tokenizer or tok
+    else:
+        raise ModelLoadError(
+            f"cannot load a model from a {type(source).__name__}: pass a directory, a hub id, 'zoo:NAME', "
+            "an HF PreTrainedModel or a TransformerBridge."
+        )
+
+    has_head = arch.wrap_as is None
+    if arch.wrap_as is not None:
+        hf = _wrap_headless(hf, arch)
+    if getattr(hf.config, "_attn_implementation", "eager") != "eager":
+        hf.set_attn_implementation("eager")  # attention patterns exist only in eager attention
+    hf.eval()
+    if torch_device is not None:
+        hf.to(torch_device)
+    bridge = build_bridge_from_module(hf, type(hf).__name__, hf_config=hf.config, model_name=str(name))
+    return Model(bridge, _prepare_tokenizer(tok, hf), arch.family, str(name), has_trained_head=has_head)

