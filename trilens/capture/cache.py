@@ -58,12 +58,12 @@ class ActivationCache(Mapping):
     def __len__(self) -> int:
         return len(self._acts)
 
-    def _default_stack(self, stack: str | None) -> str:
+    def _default_stack(self, stack: str | None, kind: str | None = None) -> str:
         if stack is not None:
             if stack not in self.stacks:
                 raise SiteError(f"no stack {stack!r}; this cache's stacks are {list(self.stacks)}.")
             return stack
-        present = {s.stack for n, s in self._sites.items() if n in self._acts and s.stack}
+        present = {s.stack for n, s in self._sites.items() if n in self._acts and s.stack and kind in (None, s.kind)}
         if len(present) == 1:
             return present.pop()
         if len(self.stacks) == 1:
@@ -71,7 +71,7 @@ class ActivationCache(Mapping):
         raise SiteError(f"this cache holds several stacks {sorted(present)}: pass the stack, e.g. cache[kind, layer, 'encoder'].")
 
     def _lookup(self, kind: str, layer: int, stack: str | None) -> str:
-        stack = self._default_stack(stack)
+        stack = self._default_stack(stack, kind)
         layers = [s.layer for s in self._sites.values() if s.stack == stack and s.layer is not None]
         n = max(layers, default=-1) + 1
         layer = layer % n if layer < 0 and n else layer
@@ -95,7 +95,7 @@ class ActivationCache(Mapping):
     # -- stack-aware views ----------------------------------------------------------------------
     def names(self, kind: str, stack: str | None = None) -> list[str]:
         """Captured hook names of one kind in one stack, ordered by layer."""
-        stack = self._default_stack(stack)
+        stack = self._default_stack(stack, kind)
         found = [(s.layer, n) for n, s in self._sites.items() if n in self._acts and s.kind == kind and s.stack == stack]
         if not found:
             raise SiteError(f"no {kind!r} sites of the {stack} stack were captured.")
