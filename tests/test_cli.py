@@ -1,0 +1,41 @@
+"""The command line: readable output, working capture, and one-line errors with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+from trilens import ActivationStore
+from trilens.cli import main
+
+
+def test_info_table_and_json(tiny_path, capsys):
+    assert main(["info", str(tiny_path("t5"))]) == 0
+    out = capsys.readouterr().out
+    assert "encoder-decoder" in out and "cross_attn_pattern" in out and "decoder_blocks.0.cross_attn.hook_pattern" in out
+    assert main(["info", str(tiny_path("bert")), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "encoder" and info["stacks"] == {"encoder": {"layers": 2, "heads": 4}}
+
+
+def test_capture_end_to_end(tiny_path, tmp_path, capsys):
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"source": "x y z", "target": "z y x"}\n{"source": "the cat", "target": "cat the"}\n')
+    code = main(["capture", str(tiny_path("bart")), "--texts", str(texts), "--sites", "resid_post", "mlp_out",
+                 "--out", str(tmp_path / "s"), "--dtype", "float16", "--no-progress"])
+    assert code == 0 and "ActivationStore" in capsys.readouterr().out
+    store = ActivationStore(tmp_path / "s")
+    assert store.n_texts == 2 and store.manifest["dtype"] == "float16" and len(store.sites) == 8
+
+
+def test_errors_are_one_line_with_exit_code_2(tiny_path, tmp_path, capsys):
+    assert main(["capture", str(tiny_path("gpt2")), "--texts", str(tmp_path / "missing.txt"), "--sites", "resid_post",
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trilens: error:") and "does not exist" in err and "Traceback" not in err
+    texts = tmp_path / "t.txt"
+    texts.write_text("x y\n")
+    assert main(["capture", str(tiny_path("gpt2")), "--texts", str(texts), "--sites", "resid_psot", "--out", str(tmp_path / "s")]) == 2
+    assert "Did you mean" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "trilens.cli", "info", str(tmp_path / "nothing-here")],
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr

@@ -1,0 +1,191 @@
+"""``capture_dataset``: stream a corpus's activations to an ``ActivationStore`` with bounded memory.
+
+Texts are cut into fixed blocks of ``texts_per_shard``; block k becomes ``shard-k`` (written to a
+temporary file, then renamed). A run that stops part-way resumes at the first missing shard;
+``shard=(i, n)`` makes a process do blocks k with k % n == i, so n processes or machines can share
+a corpus and the store merges their shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..devices import as_dtype, dtype_name
+from ..errors import InputError, StoreError
+from ..sites import PATTERN_KINDS
+from .store import FORMAT, ActivationStore, merge, sha256_file, shard_name, write_json_atomic
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+log = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: Model) -> str:
+    """A hash of the config and of a sample of every parameter: a different model -> a different hash."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.inference_mode():
+        for name, p in model.hf_model.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _texts_hash(texts: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(json.dumps(t).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def parse_shard(shard: Any) -> tuple[int, int]:
+    """``(i, n)`` from ``(i, n)`` or ``"i/n"``."""
+    if shard is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in (shard.split("/") if isinstance(shard, str) else shard))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"shard must be 'i/n' or (i, n) with 0 <= i < n, not {shard!r}.") from err
+    if not 0 <= i < n:
+        raise InputError(f"shard {i}/{n} does not exist: i must be between 0 and {n - 1}.")
+    return i, n
+
+
+def _prepare_dir(out: Path, spec: dict[str, Any], *, resume: bool, overwrite: bool, sharded: bool) -> None:
+    """Refuse an out_dir that holds something else; clear it on overwrite; write capture.json."""
+    spec_file = out / "capture.json"
+    if out.exists() and any(out.iterdir()):
+        existing = json.loads(spec_file.read_text()) if spec_file.exists() else None
+        if overwrite:
+            shutil.rmtree(out)
+        elif existing is None:
+            raise StoreError(f"{out} is not empty and holds no trilens capture; choose an empty folder or pass overwrite=True.")
+        elif existing != spec:
+            diff = [k for k in spec if existing.get(k) != spec[k]]
+            raise StoreError(f"{out} holds a different capture (differs in {', '.join(diff)}); "
+                             "choose another folder or pass overwrite=True to replace it.")
+        elif not (resume or sharded):
+            state = "complete" if (out / "manifest.json").exists() else "incomplete"
+            raise StoreError(f"{out} already holds this capture ({state}); pass resume=True to continue or "
+                             "reuse it, or overwrite=True to start again.")
+    out.mkdir(parents=True, exist_ok=True)
+    if not spec_file.exists():
+        write_json_atomic(spec_file, spec)
+
+
+def _finished(out: Path, k: int) -> bool:
+    rec_file = out / f"{shard_name(k)}.json"
+    if not rec_file.exists():
+        return False
+    rec = json.loads(rec_file.read_text())
+    f = out / rec["file"]
+    return f.exists() and f.stat().st_size == rec["bytes"] and sha256_file(f) == rec["sha256"]
+
+
+def _write_shard(out: Path, k: int, texts: range, tensors: dict[str, torch.Tensor], lengths: dict[str, list[int]]) -> None:
+    name = shard_name(k)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, out / f"{name}.safetensors")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    f = out / f"{name}.safetensors"
+    write_json_atomic(out / f"{name}.json", {"file": f.name, "texts": [texts.start, texts.stop], "lengths": lengths,
+                                             "bytes": f.stat().st_size, "sha256": sha256_file(f)})
+
+
+def capture_dataset(
+    model: Model,
+    texts: Sequence[Any],
+    sites: str | Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    texts_per_shard: int = 256,
+    dtype: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    shard: Any = None,
+    truncate: bool = False,
+    progress: bool = True,
+) -> ActivationStore | None:
+    """Capture per-token ``sites`` for every text into ``out_dir``; returns the store once it is complete.
+
+    Args:
+        texts: strings, or (source, target) pairs for encoder-decoder models.
+        sites: hook names or kinds of per-token activations (attention patterns are refused).
+        texts_per_shard: texts per shard file; memory holds one shard's activations at a time.
+        dtype: the dtype stored on disk (default: the model's).
+        resume: continue a matching capture already in ``out_dir``, skipping verified shards.
+        overwrite: replace whatever ``out_dir`` holds.
+        shard: ``(i, n)`` or ``"i/n"``: do only this process's share; returns None until all parts exist.
+    """
+    if isinstance(texts, (str, bytes)) or len(texts) == 0:
+        raise InputError("capture_dataset needs a non-empty sequence of texts.")
+    if batch_size < 1 or texts_per_shard < 1:
+        raise InputError("batch_size and texts_per_shard must be at least 1.")
+    names = model.site_index.resolve(sites)
+    ragged = [n for n in names if model.site_index.site(n).kind in PATTERN_KINDS]
+    if ragged:
+        raise InputError(f"{ragged[0]} is an attention pattern/score site: its size grows with the square of the "
+                         "length, so it is not stored per token. Capture it with model.trace instead.")
+    part, n_parts = parse_shard(shard)
+    store_dtype = as_dtype(dtype) or model.dtype
+    site_info = {n: {"stack": s.stack, "layer": s.layer, "kind": s.kind}
+                 for n, s in ((n, model.site_index.site(n)) for n in names)}
+    pairs = model.family == "encoder-decoder" and isinstance(texts[0], (tuple, list)) and len(texts[0]) == 2
+    stacks = sorted({info["stack"] for info in site_info.values()} | ({"encoder", "decoder"} if pairs else set())
+                    or {model.stacks[0]}, key=model.stacks.index)
+    n_shards = (len(texts) + texts_per_shard - 1) // texts_per_shard
+    spec = {"format": FORMAT, "model": {"name": model.name, "architecture": model.architecture, "family": model.family,
+                                        "fingerprint": model_fingerprint(model)},
+            "sites": site_info, "stacks": stacks, "dtype": dtype_name(store_dtype), "n_texts": len(texts),
+            "texts_sha256": _texts_hash(texts), "texts_per_shard": texts_per_shard, "n_shards": n_shards,
+            "truncate": truncate}
+    out = Path(out_dir)
+    _prepare_dir(out, spec, resume=resume, overwrite=overwrite, sharded=shard is not None)
+
+    mine = [k for k in range(n_shards) if k % n_parts == part]
+    bar = tqdm(total=None, unit="tok", unit_scale=True, desc=f"capture {part}/{n_parts}" if n_parts > 1 else "capture",
+               disable=not progress)
+    try:
+        for k in mine:
+            block = range(k * texts_per_shard, min(len(texts), (k + 1) * texts_per_shard))
+            if _finished(out, k):
+                log.info("shard %d already written; skipping", k)
+                continue
+            rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+            ids: dict[str, list[torch.Tensor]] = {s: [] for s in stacks}
+            lengths: dict[str, list[int]] = {s: [] for s in stacks}
+            for start in range(block.start, block.stop, batch_size):
+                chunk = list(texts[start:min(block.stop, start + batch_size)])
+                cache = model.trace(chunk, sites=names, dtype=store_dtype, device="cpu", truncate=truncate)
+                for s in stacks:
+                    mask = cache.masks[s]
+                    ids[s].append(cache.ids[s][mask].to(torch.int32))
+                    lengths[s].extend(mask.sum(1).tolist())
+                for n in names:
+                    rows[n].append(cache[n][cache.masks[site_info[n]["stack"]]])
+                bar.update(int(cache.masks[stacks[0]].sum()))
+            tensors = {f"act/{n}": torch.cat(v).contiguous() for n, v in rows.items()}
+            tensors.update({f"ids/{s}": torch.cat(v).contiguous() for s, v in ids.items()})
+            _write_shard(out, k, block, tensors, lengths)
+    finally:
+        bar.close()
+    return ActivationStore(out) if merge(out) is not None else None
