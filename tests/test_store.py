@@ -96,6 +96,7 @@ def test_resume_after_interruption_skips_finished_shards(tiny, tmp_path, monkeyp
     assert resumed.manifest["offsets"] == whole.manifest["offsets"]
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_store(tiny_path, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS * 10))
