@@ -81,7 +81,7 @@ def generate(
     kw = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": model.pad_token_id, **generate_kwargs}
     handle = model.hf_model.register_forward_pre_hook(new_step, with_kwargs=True)
     try:
-        with torch.inference_mode(), model.hooks(hooks):
+        with torch.no_grad(), model.hooks(hooks):
             out = model.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                           return_dict_in_generate=True, output_logits=True, **kw)
     finally:

@@ -1,4 +1,8 @@
-"""``trace``: one forward pass that captures only the sites asked for; ``run``: a plain forward."""
+"""``trace``: one forward pass that captures only the sites asked for; ``run``: a plain forward.
+
+Runs use ``torch.no_grad()`` rather than ``inference_mode()``: inference tensors cannot meet the
+model's (grad-requiring) weights later, and users project captured activations through them.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +103,7 @@ def trace(
             idx = index.get(site.stack)
             hooks.append((name, capture_hook(store, name, 2 if site.kind in PATTERN_KINDS else 1,
                                              None if idx is None else idx[rows], out_dtype, out_device)))
-        with torch.inference_mode(), model.hooks(hooks):
+        with torch.no_grad(), model.hooks(hooks):
             out = forward(model, sub)
         chunks.append(store)
         if logits and getattr(out, "logits", None) is not None:
@@ -135,5 +139,5 @@ def run(model: Model, inputs: Any, *, interventions: Sequence[Intervention] = ()
     batch = model.encode(inputs, truncate=truncate).to(model.device)
     if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
         raise InputError("an encoder-decoder run needs targets for its logits: pass (source, target) pairs.")
-    with torch.inference_mode(), model.hooks(intervention_hooks(model, interventions, RunState())):
+    with torch.no_grad(), model.hooks(intervention_hooks(model, interventions, RunState())):
         return model.hf_model(**batch.forward_kwargs()).logits
