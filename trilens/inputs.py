@@ -76,6 +76,7 @@ def _rows(model: Model, items: Sequence[Any], *, target: bool = False) -> list[l
         enc = model.tokenizer(text_target=list(items)) if target else model.tokenizer(list(items))
         return [list(r) for r in enc["input_ids"]]
     rows = []
+    vocab = model.vocab_size
     for x in items:
         if not _is_ids(x):
             raise InputError(
@@ -85,9 +86,9 @@ def _rows(model: Model, items: Sequence[Any], *, target: bool = False) -> list[l
         r = x.tolist() if torch.is_tensor(x) else list(x)
         if not r:
             raise InputError("an input has no tokens; every input needs at least one token.")
-        bad = [t for t in r if not 0 <= t < model.vocab_size]
-        if bad:
-            raise InputError(f"token id {bad[0]} is outside this model's vocabulary (0..{model.vocab_size - 1}).")
+        if min(r) < 0 or max(r) >= vocab:
+            bad = next(t for t in r if not 0 <= t < vocab)
+            raise InputError(f"token id {bad} is outside this model's vocabulary (0..{vocab - 1}).")
         rows.append(r)
     return rows
 

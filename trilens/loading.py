@@ -51,6 +51,25 @@ def _wrap_headless(model: torch.nn.Module, arch: Architecture) -> torch.nn.Modul
     return wrapped.to(dtype=next(model.parameters()).dtype, device=next(model.parameters()).device)
 
 
+def _quiet_progress():
+    """Silence transformers' own loading progress bars while trilens loads (library code stays quiet)."""
+    from contextlib import contextmanager
+
+    from transformers.utils import logging as hf_logging
+
+    @contextmanager
+    def ctx():
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+
+    return ctx()
+
+
 def _from_directory(path: Path, dtype: torch.dtype | None, trust_remote_code: bool, hf_kwargs: dict) -> tuple[Any, Any, Architecture]:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -62,7 +81,7 @@ def _from_directory(path: Path, dtype: torch.dtype | None, trust_remote_code: bo
     arch = _architecture(hf_class, config)
     cls = _import_class(arch.hf_class)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_progress():
             warnings.simplefilter("ignore")
             hf = cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, trust_remote_code=trust_remote_code, **hf_kwargs)
     except (OSError, ValueError, RuntimeError) as err:

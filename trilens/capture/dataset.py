@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..devices import as_dtype, dtype_name
 from ..errors import InputError, StoreError
 from ..sites import PATTERN_KINDS
+from .trace import trace
 from .store import FORMAT, ActivationStore, merge, sha256_file, shard_name, write_json_atomic
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ def capture_dataset(
             lengths: dict[str, list[int]] = {s: [] for s in stacks}
             for start in range(block.start, block.stop, batch_size):
                 chunk = list(texts[start:min(block.stop, start + batch_size)])
-                cache = model.trace(chunk, sites=names, dtype=store_dtype, device="cpu", truncate=truncate)
+                cache = trace(model, chunk, names, dtype=store_dtype, device="cpu", truncate=truncate,
+                              logits=False, tokens=False)
                 for s in stacks:
                     mask = cache.masks[s]
                     ids[s].append(cache.ids[s][mask].to(torch.int32))

@@ -56,11 +56,18 @@ def _needs_target(model: Model, names: Sequence[str]) -> list[str]:
     return [n for n in names if model.site_index.site(n).stack == "decoder"] if model.family == "encoder-decoder" else []
 
 
-def forward(model: Model, batch: Batch) -> Any:
-    """The HF forward for a batch; encoder-decoders without targets run only the encoder."""
+def forward(model: Model, batch: Batch, *, head: bool = True) -> Any:
+    """The HF forward for a batch; encoder-decoders without targets run only the encoder.
+
+    ``head=False`` skips the LM head where the model has a separate base model (decoder-only and
+    encoder-only): block hooks fire the same, and a 50k-word unembedding is most of a small model's cost.
+    """
+    hf = model.hf_model
     if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
-        return model.hf_model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return model.hf_model(**batch.forward_kwargs())
+        return hf.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    if not head and model.family != "encoder-decoder" and hf.base_model is not hf:
+        return hf.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return hf(**batch.forward_kwargs())
 
 
 def trace(
@@ -75,8 +82,13 @@ def trace(
     truncate: bool = False,
     batch_size: int | None = None,
     logits: bool = True,
+    tokens: bool = True,
 ) -> ActivationCache:
-    """Capture ``sites`` for ``inputs`` in one forward pass (or ``batch_size`` rows at a time)."""
+    """Capture ``sites`` for ``inputs`` in one forward pass (or ``batch_size`` rows at a time).
+
+    ``logits=False`` skips the LM head when every site is inside a block; ``tokens=False`` skips
+    building token strings (both for bulk capture).
+    """
     names = model.site_index.resolve(sites)
     out_dtype, out_device = as_dtype(dtype), as_device(device)
     batch = model.encode(inputs, truncate=truncate).to(model.device)
@@ -104,22 +116,24 @@ def trace(
             hooks.append((name, capture_hook(store, name, 2 if site.kind in PATTERN_KINDS else 1,
                                              None if idx is None else idx[rows], out_dtype, out_device)))
         with torch.no_grad(), model.hooks(hooks):
-            out = forward(model, sub)
+            head = logits or any(model.site_index.site(n).layer is None for n in names)
+            out = forward(model, sub, head=head)
         chunks.append(store)
         if logits and getattr(out, "logits", None) is not None:
             lg = out.logits
             idx = index.get("decoder" if model.family != "encoder" else "encoder")
             chunk_logits.append((lg if idx is None else gather_positions(lg, idx[rows], 1)).to(out_device or lg.device))
     acts = {name: torch.cat([c[name] for c in chunks]) if len(chunks) > 1 else chunks[0][name] for name in names if name in chunks[0]}
+    all_logits = None if not chunk_logits else chunk_logits[0] if len(chunk_logits) == 1 else torch.cat(chunk_logits)
     masks, ids = {}, {}
     for s, m in batch.masks.items():
         masks[s] = m.cpu() if index[s] is None else gather_positions(m.cpu(), index[s], 1)
         ids[s] = batch.ids[s].cpu() if index[s] is None else gather_positions(batch.ids[s].cpu(), index[s], 1)
-    tokens = {s: [model.tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if model.tokenizer else {}
+    strings = {s: [model.tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if tokens and model.tokenizer else {}
     return ActivationCache(
-        acts, {n: model.site_index.site(n) for n in names}, stacks=model.stacks, masks=masks, tokens=tokens, ids=ids,
+        acts, {n: model.site_index.site(n) for n in names}, stacks=model.stacks, masks=masks, tokens=strings, ids=ids,
         positions={s: i for s, i in index.items() if i is not None},
-        logits=torch.cat(chunk_logits) if chunk_logits else None,
+        logits=all_logits,
         info={"model": model.name, "architecture": model.architecture, "family": model.family,
               "positions": positions if not isinstance(positions, torch.Tensor) else positions.tolist(),
               "interventions": [type(i).__name__ for i in interventions]},
