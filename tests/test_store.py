@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import trilens
 from trilens import ActivationStore, capture_dataset
 from trilens.capture import dataset as dataset_module
 from trilens.errors import InputError, StoreError, TrilensError

@@ -5,16 +5,16 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..errors import SiteError, StoreError, closest
+from ..atomic import atomic_dir, read_saved
+from ..errors import SiteError, closest
 from ..sites import PATTERN_KINDS, Site
 
 
@@ -145,7 +145,6 @@ class ActivationCache(Mapping):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/activations.safetensors`` and ``path/cache.json`` (atomically, via a temp dir)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"act/{n}": t.contiguous() for n, t in self._acts.items()}
         tensors.update({f"mask/{s}": m.to(torch.uint8).contiguous() for s, m in self.masks.items()})
         tensors.update({f"ids/{s}": t.contiguous() for s, t in self.ids.items()})
@@ -154,25 +153,15 @@ class ActivationCache(Mapping):
             tensors["logits"] = self.logits.contiguous()
         meta = {"format": "trilens.ActivationCache/1", "stacks": list(self.stacks), "info": self.info,
                 "tokens": self._tokens, "sites": {n: asdict(self._sites[n]) for n in self._acts}}
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-        save_file(tensors, tmp / "activations.safetensors")
-        (tmp / "cache.json").write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with atomic_dir(path) as tmp:
+            save_file(tensors, tmp / "activations.safetensors")
+            (tmp / "cache.json").write_text(json.dumps(meta, indent=1))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationCache:
         """Read a cache written by ``save``."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / "cache.json").read_text())
-            tensors = load_file(path / "activations.safetensors")
-        except (OSError, ValueError) as err:
-            raise StoreError(f"{path} does not hold a saved ActivationCache ({err}).") from err
+        meta, tensors = read_saved(path, "cache.json", "activations.safetensors", "ActivationCache")
         group = lambda p: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}  # noqa: E731
         return cls(
             group("act/"), {n: Site(**s) for n, s in meta["sites"].items()}, stacks=tuple(meta["stacks"]),

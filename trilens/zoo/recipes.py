@@ -1,4 +1,7 @@
-"""Training recipes of the zoo's models: architecture, task mixture and optimiser settings."""
+"""Training recipes of the zoo's models: architecture, task mixture and optimiser settings.
+
+The settings come from the recipe search recorded in RECIPES.md beside this file.
+"""
 
 from __future__ import annotations
 
@@ -37,18 +40,24 @@ RECIPES: dict[str, Recipe] = {
         name="gpt", family="decoder", hf_class="GPT2LMHeadModel",
         config=dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, n_positions=64, resid_pdrop=0.0,
                     embd_pdrop=0.0, attn_pdrop=0.0),
-        tasks={"logic": 0.4, "reverse": 0.3, "names": 0.15, "agreement": 0.15},
+        tasks={"logic": 0.5, "reverse": 0.2, "names": 0.15, "agreement": 0.15},
+        steps=7000,
     ),
     "bert": Recipe(
         name="bert", family="encoder", hf_class="BertForMaskedLM",
         config=dict(num_hidden_layers=6, hidden_size=128, num_attention_heads=4, intermediate_size=512,
                     max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
         tasks={"logic": 0.6, "names": 0.2, "agreement": 0.2},
+        logic_depths=(1, 2, 3, 4),  # not yet measured for BERT; it lifted T5's depth 3 (see RECIPES.md)
+        steps=12000,
     ),
     "t5": Recipe(
         name="t5", family="encoder-decoder", hf_class="T5ForConditionalGeneration",
         config=dict(num_layers=6, num_decoder_layers=2, d_model=128, d_kv=32, num_heads=4, d_ff=512,
                     dropout_rate=0.0),
         tasks={"logic": 0.6, "reverse": 0.4},
+        logic_depths=(1, 2, 3, 4),
+        lr=1e-3,
+        steps=6500,
     ),
 }

@@ -131,7 +131,10 @@ def evaluate_formula(text: str) -> bool:
             return (left and right) if op == "and" else (left or right)
         raise ValueError(f"unexpected token {tok!r} in {text!r}")
 
-    value = expr()
+    try:
+        value = expr()
+    except IndexError as err:
+        raise ValueError(f"formula {text!r} ends too early") from err
     if pos != len(toks):
         raise ValueError(f"trailing tokens in {text!r}")
     return value

@@ -9,11 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_dir
 from .batches import Pools
 from .evaluate import BARS, evaluate, failed_bars
 from .recipes import RECIPES, Recipe
@@ -90,10 +87,7 @@ def train(recipe: Recipe, *, device: str = "cpu", eval_every: int = 0, progress:
 
 def save(model: Any, tok: Any, recipe: Recipe, history: dict, seconds: float, out: Path) -> dict:
     """Write checkpoint + tokenizer + card into ``out`` atomically; the card is measured on the saved weights."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
+    with atomic_dir(out) as tmp:
         n_params = sum(p.numel() for p in model.parameters())
         if n_params * 4 > MAX_CHECKPOINT_BYTES:
             model = model.half()
@@ -113,13 +107,7 @@ def save(model: Any, tok: Any, recipe: Recipe, history: dict, seconds: float, ou
             "history": history,
         }
         (tmp / "card.json").write_text(json.dumps(card, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        return card
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return card
 
 
 def main(argv: list[str] | None = None) -> int:

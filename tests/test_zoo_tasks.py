@@ -1,0 +1,77 @@
+"""The zoo's task generators: deterministic, balanced, labelled right; the tokenizer covers every task."""
+
+import pytest
+
+from trilens.zoo import tasks as T
+from trilens.zoo.formats import lm_item, mlm_item, seq2seq_item
+from trilens.zoo.vocab import build_tokenizer
+
+
+@pytest.mark.parametrize("task", sorted(T.TASKS))
+def test_generators_are_deterministic_for_a_seed(task):
+    a, b, c = T.TASKS[task](60, seed=3), T.TASKS[task](60, seed=3), T.TASKS[task](60, seed=4)
+    assert [e.text for e in a] == [e.text for e in b] and [e.text for e in a] != [e.text for e in c]
+
+
+def test_logic_labels_equal_the_formula_value_and_subformulas_are_right():
+    exs = T.logic(200, depths=(1, 2, 3, 4))
+    for ex in exs:
+        assert T.evaluate_formula(ex.text) == ex.label and ex.target == ("T" if ex.label else "F")
+        toks = ex.text.split()
+        for sub in ex.meta["subformulas"]:
+            assert T.evaluate_formula(" ".join(toks[sub["start"]:sub["end"]])) == sub["value"]
+        assert max(s["depth"] for s in ex.meta["subformulas"]) == ex.meta["depth"]
+    for depth in (1, 2, 3, 4):
+        labels = [ex.label for ex in exs if ex.meta["depth"] == depth]
+        assert len(labels) == 200 and sum(labels) == 100  # balanced T/F within each depth
+    with pytest.raises(ValueError):
+        T.evaluate_formula("( T and F")
+
+
+def test_test_formulas_from_depth_3_never_occur_in_training():
+    train = {e.text for e in T.logic(3000, depths=(3,))}
+    test = {e.text for e in T.logic(500, depths=(3,), split="test")}
+    assert test and not train & test
+
+
+def test_reverse_names_and_agreement_labels():
+    for ex in T.reverse(50, lengths=(4, 24)):
+        assert ex.target.split() == ex.text.split()[::-1] and 4 <= ex.meta["length"] <= 24
+    for ex in T.names(200):
+        if ex.label is None:
+            assert ex.meta["class"] is None and not set(ex.text.split()) & {"she", "he"}
+        else:
+            names = T.NAMES_A if ex.label == "A" else T.NAMES_B
+            assert ex.meta["name"] in names and ex.target == ("she" if ex.label == "A" else "he")
+    train = {(e.meta["name"], e.meta["template"]) for e in T.names(2000) if e.label}
+    test = {(e.meta["name"], e.meta["template"]) for e in T.names(500, split="test") if e.label}
+    assert test and not train & test
+    for ex in T.agreement(200):
+        words = ex.text.split()
+        assert len(ex.meta["number"]) == len(words) and set(ex.meta["number"]) == {ex.label}
+        subject = words[1]
+        assert (subject in [p for _, p in T.NOUNS]) == (ex.label == "pl")
+        assert ex.target in [v[ex.label == "pl"] for v in T.VERBS]
+    assert any(ex.meta["attractor"] for ex in T.agreement(200))
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder", "encoder-decoder"])
+def test_tokenizer_round_trips_every_task(family):
+    tok = build_tokenizer(family)
+    exs = T.logic(20, depths=(1, 2, 3, 4)) + T.reverse(20) + T.names(40) + T.agreement(20)
+    for ex in exs:
+        if family == "decoder":
+            item = lm_item(ex)
+            texts = [item.prompt, item.answer]
+        elif family == "encoder":
+            if ex.task == "reverse":
+                continue
+            texts = [mlm_item(ex).text]
+        else:
+            if ex.task not in ("logic", "reverse"):
+                continue
+            texts = list(seq2seq_item(ex))
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.unk_token_id not in ids, text
+            assert tok.decode(ids) == text

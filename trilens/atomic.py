@@ -1,0 +1,41 @@
+"""Write results so that nothing is ever half-written: build in a temporary sibling, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from .errors import StoreError
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_saved(path: str | os.PathLike, json_name: str, tensors_name: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(JSON metadata, tensors) of a result folder written by a ``save`` method; a clear error otherwise."""
+    path = Path(path)
+    try:
+        return json.loads((path / json_name).read_text()), load_file(path / tensors_name)
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{path} does not hold a saved {what} ({err}).") from err
