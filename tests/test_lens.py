@@ -1,0 +1,134 @@
+"""Lenses: the logit lens's last layer is the model, it agrees with TransformerLens, the decoder lens's
+last layer is the model's own generation, the tuned lens beats the logit lens, bad input is refused."""
+
+import random
+
+import pytest
+import torch
+
+from conftest import ARCHS
+from tiny import WORDS
+from trilens.errors import InputError, StoreError, TrilensError
+from trilens.lens import DecoderLensResult, LensResult, LogitLens, TunedLens, decoder_lens, logit_lens, run_lens
+from trilens.lens.metrics import chrf, exact_match
+
+TEXTS = ["the cat sat on the mat", "x y z one"]
+PAIRS = [("x y z one two", "two one z y x"), ("the cat sat", "sat cat the")]
+
+
+def _inputs(model):
+    return PAIRS if model.family == "encoder-decoder" else TEXTS
+
+
+@pytest.mark.parametrize("name", [a for a in ARCHS if a != "bert_headless"])
+def test_last_layer_of_the_logit_lens_is_the_model(name, tiny):
+    model = tiny(name)
+    stack = "decoder" if model.family != "encoder" else "encoder"
+    cache = model.trace(_inputs(model), sites="resid")
+    lens = LogitLens.from_model(model)
+    states = cache.accumulated_resid(stack)
+    with torch.no_grad():
+        last = lens(states[-1], states.shape[0] - 1)
+    assert (last - cache.logits).abs().max() <= 1e-4
+    result = logit_lens(model, _inputs(model))
+    frame = result.layer_metrics()
+    assert len(frame) == model.n_layers[stack] + 1
+    assert frame["kl"].iloc[-1] < 1e-6 and frame["agrees"].iloc[-1] == 1.0
+
+
+def test_logit_lens_agrees_with_transformerlens_accumulated_resid(tiny):
+    model = tiny("gpt2")
+    batch = model.encode(TEXTS[0])
+    _, tl_cache = model.bridge.run_with_cache(batch.input_ids)
+    tl = tl_cache.accumulated_resid(apply_ln=True) @ model.bridge.W_U + model.bridge.b_U
+    cache = model.trace(TEXTS[0], sites="resid")
+    lens = LogitLens.from_model(model)
+    with torch.no_grad():
+        mine = torch.stack([lens(h, i) for i, h in enumerate(cache.accumulated_resid())])
+    torch.testing.assert_close(mine, tl, atol=1e-4, rtol=0)
+
+
+def test_targets_ranks_and_result_round_trip(tiny, tmp_path):
+    model = tiny("llama")
+    result = logit_lens(model, TEXTS, k=3)
+    ids = result.input_ids
+    assert result.targets[0, 0] == ids[0, 1] and result.targets[1, 3] == -1  # next token; none after the end
+    top_is_target = result.top_ids[..., 0] == result.targets
+    assert (result.metrics["target_rank"][top_is_target] == 0).all()
+    ranks = result.metrics["target_rank"][:, result.targets >= 0]
+    assert (ranks >= 0).all() and (ranks < model.vocab_size).all()
+    back = LensResult.load(result.save(tmp_path / "r"))
+    torch.testing.assert_close(back.metrics["kl"], result.metrics["kl"])
+    assert back.to_frame().equals(result.to_frame())
+    fig = result.figure(sequence=1)
+    assert len(fig.data[0].z) == result.n_layers and len(fig.data[0].x) == int(result.mask[1].sum())
+    assert len(result.curves().data) == 3
+    masked = [[-1] * ids.shape[1] for _ in range(2)]
+    with pytest.raises(InputError, match="targets must have shape"):
+        logit_lens(model, TEXTS, targets=masked[:1])
+
+
+@pytest.mark.parametrize("name", ["t5", "bart", "marian"])
+def test_decoder_lens_at_the_last_layer_is_the_models_generation(name, tiny):
+    model = tiny(name)
+    sources = [s for s, _ in PAIRS]
+    result = decoder_lens(model, sources, references=[t for _, t in PAIRS], max_new_tokens=6, batch_size=1)
+    batch = model.encode(sources)
+    ref = model.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=6,
+                                  do_sample=False)
+    assert result.outputs[-1] == model.tokenizer.batch_decode(ref, skip_special_tokens=True)
+    assert result.n_layers == model.n_layers["encoder"] + 1 and set(result.scores) == {"exact_match", "chrf"}
+    teacher = decoder_lens(model, sources, references=[t for _, t in PAIRS], mode="teacher")
+    forced = model.run(PAIRS).float().log_softmax(-1)
+    labels = model.encode(PAIRS).labels
+    want = forced.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1).masked_fill(labels < 0, 0).sum(1)
+    torch.testing.assert_close(torch.tensor(teacher.scores["target_logprob"][-1]), want, atol=1e-4, rtol=0)
+
+
+def test_decoder_lens_result_and_errors(tiny, tmp_path):
+    model = tiny("t5")
+    result = decoder_lens(model, ["x y z"], references=["z y x"], max_new_tokens=4)
+    back = DecoderLensResult.load(result.save(tmp_path / "d"))
+    assert back.outputs == result.outputs and "layer  2" in back.table()
+    assert len(result.figure("chrf").data) == 1
+    with pytest.raises(TrilensError, match="needs an encoder-decoder"):
+        decoder_lens(tiny("gpt2"), ["x y"])
+    with pytest.raises(InputError, match="teacher mode needs references"):
+        decoder_lens(model, ["x y"], mode="teacher")
+    with pytest.raises(InputError, match="one reference per source"):
+        decoder_lens(model, ["x y", "z"], references=["y x"])
+    with pytest.raises(TrilensError, match="decoder lens"):
+        LogitLens.from_model(model, "encoder")
+    with pytest.raises(TrilensError, match="no LM head"):
+        from trilens.lens import Unembed
+
+        class Headless:  # a model whose mapping has no unembedding
+            family = "encoder"
+            hf_model = torch.nn.Module()
+            bridge = type("B", (), {"adapter": type("A", (), {"component_mapping": {}})()})()
+            architecture, d_model, vocab_size = "X", 1, 1
+
+        Unembed(Headless())
+
+
+def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny, tmp_path):
+    model = tiny("gpt2")
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(120)]
+    lens = TunedLens.from_model(model)
+    losses = lens.fit(model, texts[:100], steps=60, batch_size=16, progress=False)
+    assert losses[-1] < losses[0]
+    logit = logit_lens(model, texts[100:]).layer_metrics()["kl"]
+    tuned = run_lens(model, texts[100:], lens).layer_metrics()["kl"]
+    assert (tuned.values <= logit.values + 1e-9).all() and tuned.iloc[0] < logit.iloc[0]
+    back = TunedLens.load(lens.save(tmp_path / "lens"), model)
+    h = torch.randn(2, 3, 32)
+    torch.testing.assert_close(back(h, 0), lens(h, 0))
+    with pytest.raises(StoreError, match="does not fit"):
+        TunedLens.load(tmp_path / "lens", tiny("llama"))
+
+
+def test_text_metrics():
+    assert chrf("abc def", "abc def") == 100 and chrf("xyz", "abc") == 0
+    assert 0 < chrf("abc dxf", "abc def") < 100
+    assert exact_match(" T ", "T") and not exact_match("T F", "T")
