@@ -39,3 +39,23 @@ def test_errors_are_one_line_with_exit_code_2(tiny_path, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "trilens.cli", "info", str(tmp_path / "nothing-here")],
                           capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
+
+
+def test_lens_commands(tiny_path, tmp_path, capsys):
+    assert main(["lens", "logit", str(tiny_path("gpt2")), "the cat sat on the mat"]) == 0
+    out = capsys.readouterr().out
+    assert "layer | the" in out and "cross_entropy" in out
+    assert main(["lens", "logit", str(tiny_path("t5")), "x y z"]) == 2
+    assert "--target" in capsys.readouterr().err
+    assert main(["lens", "decoder", str(tiny_path("bart")), "x y z", "--reference", "z y x", "--max-new-tokens", "3",
+                 "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "layer  0:" in out and "layer  2:" in out and (tmp_path / "d" / "decoder_lens.json").exists()
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(["the cat sat on the mat", "x y z one two", "she was here and there"] * 4))
+    assert main(["lens", "tuned", "train", str(tiny_path("gpt2")), "--texts", str(texts), "--out", str(tmp_path / "tl"),
+                 "--steps", "5", "--no-progress"]) == 0
+    assert main(["lens", "tuned", "eval", str(tiny_path("gpt2")), "--texts", str(texts), "--lens", str(tmp_path / "tl")]) == 0
+    assert "tuned_kl" in capsys.readouterr().out
+    assert main(["lens", "tuned", "eval", str(tiny_path("llama")), "--texts", str(texts), "--lens", str(tmp_path / "tl")]) == 2
+    assert "does not fit" in capsys.readouterr().err

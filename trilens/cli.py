@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_capture)
+
+    from .cli_lens import add_lens_parser
+
+    add_lens_parser(sub)
     return parser
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"info": cmd_info, "capture": cmd_capture}
 
 
 def main(argv: list[str] | None = None) -> int:
