@@ -82,7 +82,7 @@ class TunedLens(Lens):
             torch.nn.utils.clip_grad_norm_(self.translator_parameters(), clip)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return losses
 
     def _kl_loss(self, states: torch.Tensor, final_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
