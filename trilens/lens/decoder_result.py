@@ -30,8 +30,6 @@ class DecoderLensResult:
 
     def layer_metrics(self, groups: list[Any] | None = None):
         """One row per layer (and group, e.g. formula depth): each score averaged over sources."""
-        import pandas as pd
-
         frame = self.to_frame()
         if groups is not None:
             frame["group"] = [groups[i] for i in frame["source_index"]]
