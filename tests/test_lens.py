@@ -132,3 +132,25 @@ def test_text_metrics():
     assert chrf("abc def", "abc def") == 100 and chrf("xyz", "abc") == 0
     assert 0 < chrf("abc dxf", "abc def") < 100
     assert exact_match(" T ", "T") and not exact_match("T F", "T")
+
+
+@pytest.mark.slow
+def test_decoder_lens_on_the_trained_t5_rises_with_depth():
+    from trilens.zoo import MODELS_DIR
+    from trilens.zoo import tasks as T
+
+    if not (MODELS_DIR / "t5" / "config.json").exists():
+        pytest.skip("zoo:t5 is not trained in this checkout")
+    import trilens
+
+    model = trilens.load("zoo:t5")
+    exs = T.logic(20, depths=(1, 2, 3), split="test", seed=11)
+    sources, refs = [f"{e.text} =" for e in exs], [e.target for e in exs]
+    result = decoder_lens(model, sources, references=refs, max_new_tokens=3)
+    batch = model.encode(sources)
+    own = model.tokenizer.batch_decode(model.hf_model.generate(**batch.forward_kwargs(), max_new_tokens=3, do_sample=False),
+                                       skip_special_tokens=True)
+    acc = result.layer_metrics()["exact_match"]
+    assert result.outputs[-1] == own
+    assert acc.iloc[-1] == pytest.approx(sum(o == r for o, r in zip(own, refs)) / len(refs))
+    assert acc.iloc[0] < acc.iloc[-1]
