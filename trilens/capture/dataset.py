@@ -150,7 +150,7 @@ def capture_dataset(
     store_dtype = as_dtype(dtype) or model.dtype
     site_info = {n: {"stack": s.stack, "layer": s.layer, "kind": s.kind}
                  for n, s in ((n, model.site_index.site(n)) for n in names)}
-    pairs = model.family == "encoder-decoder" and isinstance(texts[0], (tuple, list)) and len(texts[0]) == 2
+    pairs = model.family == "encoder-decoder" and isinstance(texts[0], tuple)  # as in inputs.encode
     stacks = sorted({info["stack"] for info in site_info.values()} | ({"encoder", "decoder"} if pairs else set())
                     or {model.stacks[0]}, key=model.stacks.index)
     n_shards = (len(texts) + texts_per_shard - 1) // texts_per_shard
