@@ -32,6 +32,8 @@ def test_patching_positions_changes_only_later_positions(tiny):
     patched = model.run(CORRUPT, interventions=[Patch(site, source=clean, positions=[1])])
     torch.testing.assert_close(patched[:, :1], base[:, :1], **ATOL)  # causal: position 0 cannot see the patch
     assert (patched[:, 1:] - base[:, 1:]).abs().max() > 1e-4
+    seen = model.trace(CORRUPT, sites=site, interventions=[Patch(site, source=clean, positions=[3])])
+    torch.testing.assert_close(seen[site][0, 3], clean[site][0, 3], **ATOL)  # position 3 gets the source's position 3
     value = torch.full((32,), 0.5)
     traced = model.trace(CORRUPT, sites=site, interventions=[Patch(site, value=value, positions=[2, 3])])
     torch.testing.assert_close(traced[site][0, 2:4], value.expand(2, 32), **ATOL)

@@ -99,7 +99,10 @@ class Patch(Intervention):
             return x
         v = value.to(x.device, x.dtype)
         if v.dim() == x.dim():  # has a position axis: pick the rows for the positions in this window
-            src = torch.tensor([offset + i for i in local] if positions is None else which, device=v.device)
+            # A full-sequence value (e.g. another run's cache) is indexed by absolute position; a value with
+            # one row per requested position is indexed by its place in ``positions``.
+            per_position = positions is not None and self.source is None and v.shape[axis] == len(positions)
+            src = torch.tensor(which if per_position else [offset + i for i in local], device=v.device)
             if int(src.max()) >= v.shape[axis]:
                 raise InputError(f"patch value for {self.site} has {v.shape[axis]} positions; position {int(src.max())} is needed.")
             v = v.index_select(axis, src)
