@@ -57,6 +57,14 @@ class Pools:
         rows = [self.rng.choice(self.items[t]) for t in picks]
         return getattr(self, f"_batch_{self.recipe.family.replace('-', '_')}")(rows)
 
+    def micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """``batch`` split into up to ``recipe.length_groups`` groups of similar length, padding trimmed.
+
+        The groups hold exactly the batch's rows, so summing each group's token-weighted loss gives
+        the whole batch's gradient; only the padded positions (no loss, masked out) are not computed.
+        """
+        return split_by_length(batch, self.recipe.length_groups, seq2seq=self.recipe.family == "encoder-decoder")
+
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -87,3 +95,59 @@ class Pools:
         return {"input_ids": self._pad(src, self.tok.pad_token_id),
                 "attention_mask": self._pad([[1] * len(r) for r in src], 0),
                 "labels": self._pad([r[1] for r in rows], -100)}
+
+
+def split_by_length(batch: dict[str, torch.Tensor], max_groups: int, *, seq2seq: bool = False,
+                    call_cost: int = 256) -> list[dict[str, torch.Tensor]]:
+    """Rows sorted by length and cut into at most ``max_groups`` contiguous groups that minimise
+    the padded tokens computed plus ``call_cost`` tokens' worth of overhead per forward call.
+
+    Right padding is assumed (as the zoo's batches have): trimming a group's trailing columns
+    removes only padding. For seq2seq batches the labels (decoder side) are trimmed separately.
+    """
+    if max_groups <= 1:
+        return [batch]
+    src = batch["attention_mask"].sum(1)
+    tgt = None
+    if seq2seq:
+        has_target = (batch["labels"] != -100).int()
+        tgt = has_target.shape[1] - has_target.flip(1).argmax(1)  # last target position + 1
+    total = src + (tgt if tgt is not None else 0)
+    order = torch.argsort(total, stable=True)
+    lengths = total[order].tolist()
+    n = len(lengths)
+    # best[g][j]: cheapest cost of the first j sorted rows in g groups; the last row of a group is its widest.
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                cost = best[g - 1][i] + (j - i) * lengths[j - 1] + call_cost
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    groups_used = min(range(1, max_groups + 1), key=lambda g: best[g][n])
+    bounds, j = [], n
+    for g in range(groups_used, 0, -1):
+        bounds.append((cut[g][j], j))
+        j = cut[g][j]
+    parts = []
+    for i, j in reversed(bounds):
+        rows = order[i:j]
+        width = int(src[rows].max())
+        part = {k: v[rows] for k, v in batch.items()}
+        for k in ("input_ids", "attention_mask"):
+            part[k] = part[k][:, :width]
+        if tgt is None:
+            part["labels"] = part["labels"][:, :width]
+        else:
+            part["labels"] = part["labels"][:, :int(tgt[rows].max())]
+        parts.append({k: v.contiguous() for k, v in part.items()})
+    return parts
+
+
+def target_count(part: dict[str, torch.Tensor], family: str) -> int:
+    """Tokens the model's mean loss averages over (GPT-2 shifts labels, so its first column never counts)."""
+    labels = part["labels"][:, 1:] if family == "decoder" else part["labels"]
+    return int((labels != -100).sum())

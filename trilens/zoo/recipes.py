@@ -28,6 +28,7 @@ class Recipe:
     clip: float = 1.0
     seed: int = 0
     pool: int = 20000  # training examples drawn per task (and per logic depth)
+    length_groups: int = 1  # >1: each batch runs as up to this many length-sorted micro-batches (same gradient)
     eval_n: int = 400  # held-out examples per task / depth / length bucket
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +43,7 @@ RECIPES: dict[str, Recipe] = {
                     embd_pdrop=0.0, attn_pdrop=0.0),
         tasks={"logic": 0.5, "reverse": 0.2, "names": 0.15, "agreement": 0.15},
         steps=7000,
+        length_groups=3,
     ),
     "bert": Recipe(
         name="bert", family="encoder", hf_class="BertForMaskedLM",
@@ -50,6 +52,7 @@ RECIPES: dict[str, Recipe] = {
         tasks={"logic": 0.6, "names": 0.2, "agreement": 0.2},
         logic_depths=(1, 2, 3, 4),  # not yet measured for BERT; it lifted T5's depth 3 (see RECIPES.md)
         steps=12000,
+        length_groups=3,
     ),
     "t5": Recipe(
         name="t5", family="encoder-decoder", hf_class="T5ForConditionalGeneration",

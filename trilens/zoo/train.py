@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir
-from .batches import Pools
+from .batches import Pools, target_count
 from .evaluate import BARS, evaluate, failed_bars
 from .recipes import RECIPES, Recipe
 from .vocab import build_tokenizer
@@ -66,10 +66,15 @@ def train(recipe: Recipe, *, device: str = "cpu", eval_every: int = 0, progress:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe)
-        batch = {k: v.to(device) for k, v in pools.batch().items()}
-        loss = model(**batch).loss
+        parts = pools.micro_batches(pools.batch())
+        counts = [target_count(p, recipe.family) for p in parts]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros(())
+        for part, count in zip(parts, counts):
+            # the model's loss is a mean over the part's targets: weight it to the whole batch's mean
+            part_loss = model(**{k: v.to(device) for k, v in part.items()}).loss * (count / sum(counts))
+            part_loss.backward()
+            loss += part_loss.detach().cpu()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
