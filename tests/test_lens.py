@@ -154,3 +154,32 @@ def test_decoder_lens_on_the_trained_t5_rises_with_depth():
     assert result.outputs[-1] == own
     assert acc.iloc[-1] == pytest.approx(sum(o == r for o, r in zip(own, refs)) / len(refs))
     assert acc.iloc[0] < acc.iloc[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt", "bert"])
+def test_tuned_lens_beats_the_logit_lens_on_held_out_zoo_text(name):
+    from trilens.zoo import MODELS_DIR
+
+    if not (MODELS_DIR / name / "config.json").exists():
+        pytest.skip(f"zoo:{name} is not trained in this checkout")
+    import trilens
+    from trilens.zoo import tasks as T
+    from trilens.zoo.formats import lm_item, mlm_item
+
+    model = trilens.load(f"zoo:{name}")
+
+    def texts(split):
+        exs = T.logic(40, seed=3, depths=(1, 2, 3), split=split) + T.agreement(60, seed=3, split=split)
+        if model.family == "decoder":
+            return [f"{lm_item(ex).prompt} {lm_item(ex).answer}" for ex in exs]
+        return [mlm_item(ex).text for ex in exs]
+
+    lens = TunedLens.from_model(model)
+    lens.fit(model, texts("train"), steps=120, batch_size=16, progress=False)
+    held = texts("test")
+    logit = logit_lens(model, held).layer_metrics()["kl"].values
+    tuned = run_lens(model, held, lens).layer_metrics()["kl"].values
+    assert (tuned <= logit + 1e-6).all(), (tuned, logit)
+    assert tuned[1:-1].mean() < 0.7 * logit[1:-1].mean()  # a real gain in the middle layers, not a tie
+    assert abs(logit[-1]) < 1e-5 and abs(tuned[-1]) < 1e-5  # the last layer of either lens is the model itself

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_lens import add_lens_parser
 
     add_lens_parser(sub)
+    from .cli_probe import add_probe_parser
+
+    add_probe_parser(sub)
+    from .cli_study import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 

@@ -1,63 +1,98 @@
-"""``python -m trilens.demo``: load a real encoder, look inside it, stream activations to disk.
+"""``python -m trilens.demo`` (``make demo``): the zoo's three trained models, and what their layers believe.
 
-Runs offline on the all-MiniLM-L6-v2 encoder packaged on PyPI (``zoo:minilm``) until the zoo's
-own trained models land.
+For each family it loads the shipped model offline, says what it is and how good it is (its model
+card), and shows one view of its internals: the answer's probability per layer for a logic formula
+(logit lens on zoo:gpt and zoo:bert), and what the decoder outputs when it reads each encoder layer
+of zoo:t5 (decoder lens).
 """
 
 from __future__ import annotations
 
+import json
 import sys
-import tempfile
 import time
+from typing import Any, TextIO
 
 import torch
 
-PAIRS = [
-    ("A man is playing a guitar.", "Someone plays an acoustic guitar."),
-    ("The cat sleeps on the sofa.", "A kitten is napping on the couch."),
-    ("Stock markets fell sharply today.", "The recipe needs two eggs and flour."),
-]
+REVERSE = "a b c d e f g h"
 
 
-def _mean_pool(resid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask[None, :, :, None].float()
-    return (resid * m).sum(2) / m.sum(2)
+def _held_out_formula() -> tuple[str, str]:
+    """A depth-3 formula none of the models saw in training, and its answer."""
+    from .zoo import tasks as T
+
+    ex = T.logic(1, seed=0, depths=(3,), split="test")[0]
+    return ex.text, ex.target
 
 
-def main(out=sys.stdout) -> int:
+def _card_line(name: str) -> str:
+    from .zoo import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / name / "card.json").read_text())
+    m = card["metrics"]
+    parts = [f"logic depth {k.rsplit('_', 1)[1]} {v:.2f}" for k, v in m.items() if k.startswith("logic_depth_")]
+    parts += [f"{k} {m[k]:.2f}" for k in ("reverse_up_to_12", "names", "agreement") if k in m]
+    return f"held-out accuracy: {', '.join(parts)} (trained here in {card['train_seconds'] / 60:.0f} min)"
+
+
+def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> None:
+    """Logit lens at the answer's slot: the answer's probability and the top token of every layer."""
+    from .lens import logit_lens
+
+    tok = model.tokenizer
+    batch = model.encode([text])
+    pos = (batch.attention_mask.sum(1) - 1) if model.family == "decoder" else (batch.input_ids == tok.mask_token_id).int().argmax(1)
+    targets = torch.full_like(batch.input_ids, -1)
+    targets[0, pos] = tok.convert_tokens_to_ids(answer)
+    at = logit_lens(model, [text], targets=targets).at(pos)
+    probs = (-at["cross_entropy"][:, 0]).exp().tolist()
+    tops = tok.convert_ids_to_tokens(at["top_id"][:, 0].tolist())
+    print(f"  {text!r} -> {answer}: logit lens at the answer's slot", file=out)
+    print("    layer  " + "".join(f"{k:>7}" for k in range(len(probs))), file=out)
+    print(f"    p({answer})   " + "".join(f"{p:>7.2f}" for p in probs), file=out)
+    print("    top-1  " + "".join(f"{t:>7}" for t in tops), file=out)
+    settled = int(at["settled"][0])
+    print(f"    the answer is top-1 from layer {settled} on" if settled >= 0 else "    the model gets it wrong", file=out)
+
+
+def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> None:
+    from .lens import decoder_lens
+
+    res = decoder_lens(model, [f"{formula} =", f"{REVERSE} >"], references=[answer, " ".join(reversed(REVERSE.split()))],
+                       max_new_tokens=12)
+    print("  decoder lens: what the decoder outputs when it reads encoder layer k (0 = embeddings)", file=out)
+    for i, src in enumerate(res.sources):
+        print(f"    {src!r}  (expected: {res.references[i]})", file=out)
+        for k, outs in enumerate(res.outputs):
+            print(f"      layer {k}: {outs[i]}", file=out)
+
+
+def main(out: TextIO = sys.stdout) -> int:
     import trilens
+    from .errors import ModelLoadError
 
     start = time.perf_counter()
-    model = trilens.load("zoo:minilm")
-    info = model.info()
-    print(f"{model}\n  sites: {info['n_sites']} hook points; kinds: {', '.join(info['site_kinds'][:10])}, ...", file=out)
-
-    texts = [t for pair in PAIRS for t in pair]
-    cache = model.trace(texts, sites=["resid", "attn_pattern"])
-    resid = cache.accumulated_resid()  # [layer+1, batch, pos, d]
-    pooled = torch.nn.functional.normalize(_mean_pool(resid, cache.mask()), dim=-1)
-    sims = (pooled[:, 0::2] * pooled[:, 1::2]).sum(-1)  # [layer+1, pair]
-    print("\nCosine similarity of mean-pooled sentences, per layer (0 = embeddings):", file=out)
-    print("  layer " + "".join(f"{'pair ' + str(i + 1):>10}" for i in range(len(PAIRS))), file=out)
-    for layer, row in enumerate(sims.tolist()):
-        print(f"  {layer:>5} " + "".join(f"{v:>10.3f}" for v in row), file=out)
-    print("  (pairs 1-2 are paraphrases, pair 3 is unrelated: the gap should widen with depth)", file=out)
-
-    pats = cache.stack("attn_pattern")[:, 0]  # [layer, head, q, k] for the first sentence
-    n = int(cache.mask()[0].sum())
-    ent = -(pats[..., :n, :n].clamp_min(1e-12).log() * pats[..., :n, :n]).sum(-1).mean((-1, -2))
-    print("\nMean attention entropy per layer (nats), first sentence:", file=out)
-    print("  " + "  ".join(f"L{i}: {v:.2f}" for i, v in enumerate(ent.tolist())), file=out)
-
-    from trilens.capture.dataset import capture_dataset
-
-    with tempfile.TemporaryDirectory() as tmp:
-        store = capture_dataset(model, texts * 20, ["resid_post"], tmp, batch_size=8, texts_per_shard=40, progress=False)
-        rows = store.read(model.site("resid_post", -1))
-        print(f"\nActivation store: {len(store.to_frame())} shards, last-layer resid_post {tuple(rows.shape)} "
-              f"(tokens x d_model, padding not stored)", file=out)
-    print(f"\nDone in {time.perf_counter() - start:.1f} s.", file=out)
-    return 0
+    formula, answer = _held_out_formula()
+    views = {"gpt": lambda m: _answer_per_layer(m, f"{formula} =", answer, out),
+             "bert": lambda m: _answer_per_layer(m, f"{formula} = [MASK]", answer, out),
+             "t5": lambda m: _decoder_lens_view(m, formula, answer, out)}
+    missing = []
+    for name, view in views.items():
+        try:
+            model = trilens.load(f"zoo:{name}")
+        except ModelLoadError as err:
+            missing.append(name)
+            print(f"zoo:{name}: {err}\n", file=out)
+            continue
+        stacks = ", ".join(f"{s} {n} layers" for s, n in model.n_layers.items())
+        print(f"zoo:{name} — {model.architecture} ({model.family}; {stacks}; d_model {model.d_model})", file=out)
+        print(f"  {_card_line(name)}", file=out)
+        view(model)
+        print(file=out)
+    print(f"Done in {time.perf_counter() - start:.1f} s. Next: README.md (lenses, capture, the activation store), "
+          "`trilens study run decoder_lens`.", file=out)
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,17 @@ import torch
 from safetensors.torch import save_file
 
 from ..atomic import atomic_dir, read_saved
+from ..errors import InputError
 
 METRICS = ("kl", "cross_entropy", "target_rank", "entropy", "agrees")
+
+
+def settled_layer(hit: torch.Tensor) -> torch.Tensor:
+    """``hit [layer, n]`` (bool) -> per column, the first layer from which every later layer hits; -1 if the last misses."""
+    # reversed cumulative AND: stays True only while every later layer hits
+    from_here = hit.flip(0).int().cumprod(0).flip(0).bool()
+    first = from_here.int().argmax(0)
+    return torch.where(from_here[-1], first, torch.full_like(first, -1))
 
 
 class LensResult:
@@ -56,6 +65,22 @@ class LensResult:
                 row[name] = float(v.mean()) if v.numel() else float("nan")
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def at(self, positions: Any) -> dict[str, torch.Tensor]:
+        """Metrics ``[layer, sequence]`` at one position per sequence (e.g. each answer's position),
+        plus ``top_id`` and ``top_prob`` (the layer's top-1) and ``settled``: per sequence, the first
+        layer from which the target stays top-1 up to the last layer (-1 if the last layer misses it)."""
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        if pos.shape != (self.mask.shape[0],):
+            raise InputError(f"positions needs one position per sequence ({self.mask.shape[0]}), not shape {tuple(pos.shape)}.")
+        rows = torch.arange(len(pos))
+        if not bool(self.mask[rows, pos].all()):
+            bad = (~self.mask[rows, pos]).nonzero().flatten().tolist()
+            raise InputError(f"positions of sequences {bad[:5]} are padding, not tokens.")
+        out = {m: v[:, rows, pos] for m, v in self.metrics.items()}
+        out["top_id"], out["top_prob"] = self.top_ids[:, rows, pos, 0], self.top_probs[:, rows, pos, 0]
+        out["settled"] = settled_layer(out["target_rank"] == 0)
+        return out
 
     def to_frame(self):
         """One row per (layer, sequence, position) at real positions: input, target, top token, metrics."""

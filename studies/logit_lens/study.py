@@ -1,0 +1,143 @@
+"""Logit lens on zoo:gpt and zoo:bert: the layer at which the answer becomes top-1, by task and depth;
+logit-lens vs tuned-lens KL to the final distribution per layer, on held-out text.
+
+Questions (nostalgebraist 2020; Belrose et al. 2023, "Eliciting latent predictions with the tuned lens"):
+does the answer appear in the residual stream before the last layer, later for harder inputs, and does
+a learned affine translator per layer read it out better than the model's own unembedding?
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+import trilens
+from trilens.lens import TunedLens, logit_lens, run_lens
+from trilens.study import StudyContext
+from trilens.zoo import tasks as T
+from trilens.zoo.formats import lm_item, mlm_item
+from trilens.zoo.recipes import RECIPES
+
+
+def _prompt(model: Any, ex: T.Example) -> str:
+    """What the model reads, ending in (decoder) or containing (encoder) the answer's slot."""
+    return lm_item(ex).prompt if model.family == "decoder" else mlm_item(ex).text
+
+
+def _full_text(model: Any, ex: T.Example) -> str:
+    """A whole training-format text, for fitting and evaluating the tuned lens."""
+    if model.family == "decoder":
+        item = lm_item(ex)
+        return f"{item.prompt} {item.answer}"
+    return mlm_item(ex).text
+
+
+def example_sets(model_name: str, cfg: dict[str, Any], split: str) -> dict[str, list[T.Example]]:
+    """Held-out examples per (task, depth) group of the tasks this zoo model was trained on."""
+    recipe = RECIPES[model_name.removeprefix("zoo:")]
+    groups: dict[str, list[T.Example]] = {}
+    if "logic" in recipe.tasks:
+        exs = T.logic(cfg["n_per_depth"], seed=cfg["seed"], depths=recipe.logic_depths, split=split)
+        for d in recipe.logic_depths:
+            groups[f"logic depth {d}"] = [ex for ex in exs if ex.meta["depth"] == d]
+    if "names" in recipe.tasks:
+        groups["names"] = [ex for ex in T.names(cfg["n_names"], seed=cfg["seed"], split=split) if ex.label is not None]
+    if "agreement" in recipe.tasks:
+        groups["agreement"] = T.agreement(cfg["n_agreement"], seed=cfg["seed"], split=split)
+    return groups
+
+
+def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str, torch.Tensor]:
+    """Per layer and example: whether the answer is top-1, its probability; and the settled layer."""
+    tok = model.tokenizer
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(exs), batch_size):
+        chunk = exs[start:start + batch_size]
+        texts = [_prompt(model, ex) for ex in chunk]
+        batch = model.encode(texts)
+        if model.family == "decoder":
+            pos = batch.attention_mask.sum(1) - 1  # right padding: the last real token predicts the answer
+        else:
+            pos = (batch.input_ids == tok.mask_token_id).int().argmax(1)
+        targets = torch.full_like(batch.input_ids, -1)
+        targets[torch.arange(len(chunk)), pos] = torch.tensor(tok.convert_tokens_to_ids([ex.target for ex in chunk]))
+        at = logit_lens(model, texts, targets=targets).at(pos)
+        parts.append({"top1": at["target_rank"] == 0, "prob": (-at["cross_entropy"]).exp(), "settled": at["settled"]})
+    return {k: torch.cat([p[k] for p in parts], dim=-1) for k in parts[0]}
+
+
+def run(ctx: StudyContext) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cfg = ctx.config
+    for name in cfg["models"]:
+        model = trilens.load(name)
+        stack = model.stacks[0]
+        n_layers = model.n_layers[stack]
+        ctx.say(f"## {name}: logit lens on the {stack} stack ({n_layers} blocks; layer 0 = embeddings)")
+        ctx.say("")
+        ctx.say(f"  {'task':<16}{'final acc':>10}{'settles at (median)':>22}   answer top-1 per layer")
+        per_group: dict[str, Any] = {}
+        fig = go.Figure()
+        for group, exs in example_sets(name, cfg, "test").items():
+            r = answer_layers(model, exs, cfg["batch_size"])
+            top1 = r["top1"].float().mean(1).tolist()
+            settled = [int(s) for s in r["settled"] if s >= 0]
+            median = statistics.median(settled) if settled else None
+            per_group[group] = {"n": len(exs), "final_top1": round(top1[-1], 4),
+                                "top1_by_layer": [round(v, 4) for v in top1],
+                                "answer_prob_by_layer": [round(v, 4) for v in r["prob"].mean(1).tolist()],
+                                "settled_layer_median": median,
+                                "settled_layer_mean": round(statistics.fmean(settled), 3) if settled else None}
+            ctx.say(f"  {group:<16}{top1[-1]:>10.2f}{str(median):>22}   " + " ".join(f"{v:.2f}" for v in top1))
+            fig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=top1, mode="lines+markers", name=group))
+        fig.update_layout(title=f"Logit lens on {name}: share of examples whose answer is the layer's top-1",
+                          xaxis_title="layer (0 = embeddings)", yaxis_title="answer is top-1", yaxis_range=[0, 1.02])
+        ctx.figure(f"{name.removeprefix('zoo:')}_answer_top1_by_layer", fig)
+
+        # -- tuned vs logit lens, KL to the final distribution on held-out text ------------------------
+        train = [_full_text(model, ex) for exs in example_sets(name, {**cfg, **_scaled(cfg, "tuned_train_texts")}, "train").values()
+                 for ex in exs]
+        held = [_full_text(model, ex) for exs in example_sets(name, {**cfg, **_scaled(cfg, "tuned_eval_texts")}, "test").values()
+                for ex in exs]
+        tuned = TunedLens.from_model(model, stack)
+        losses = tuned.fit(model, train, steps=cfg["tuned_steps"], batch_size=cfg["tuned_batch_size"], seed=cfg["seed"],
+                           progress=ctx.progress)
+        kl_logit, kl_tuned = _held_out_kl(model, held, None, cfg["batch_size"]), _held_out_kl(model, held, tuned, cfg["batch_size"])
+        per_group_kl = {"logit": [round(v, 4) for v in kl_logit], "tuned": [round(v, 4) for v in kl_tuned],
+                        "train_texts": len(train), "held_out_texts": len(held), "tuned_final_loss": round(losses[-1], 4)}
+        ctx.metric(name, {"answer_by_group": per_group, "kl_by_layer": per_group_kl})
+        ctx.say("")
+        ctx.say(f"  KL(final || layer) in nats on {len(held)} held-out texts, per layer:")
+        ctx.say("    logit lens " + " ".join(f"{v:6.3f}" for v in kl_logit))
+        ctx.say("    tuned lens " + " ".join(f"{v:6.3f}" for v in kl_tuned))
+        below = sum(t <= lo + 1e-6 for t, lo in zip(kl_tuned, kl_logit))
+        ctx.say(f"    tuned <= logit at {below} of {len(kl_logit)} layers")
+        ctx.say("")
+        kfig = make_subplots()
+        for lens_name, values in (("logit lens", kl_logit), ("tuned lens", kl_tuned)):
+            kfig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=values, mode="lines+markers", name=lens_name))
+        kfig.update_layout(title=f"{name}: KL(final || lens) per layer, held-out text", xaxis_title="layer (0 = embeddings)",
+                           yaxis_title="nats", yaxis_type="log")
+        ctx.figure(f"{name.removeprefix('zoo:')}_kl_logit_vs_tuned", kfig)
+
+
+def _scaled(cfg: dict[str, Any], key: str) -> dict[str, int]:
+    """Per-group counts that add up to about ``cfg[key]`` texts over a model's task groups."""
+    n = max(1, cfg[key] // 6)
+    return {"n_per_depth": n, "n_names": n, "n_agreement": n}
+
+
+def _held_out_kl(model: Any, texts: list[str], lens: Any, batch_size: int) -> list[float]:
+    """Mean KL(final || lens) per layer over every real token of ``texts``."""
+    total, count = None, 0
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        res = run_lens(model, chunk, lens) if lens is not None else logit_lens(model, chunk)
+        kl = res.metrics["kl"][:, res.mask].sum(1)  # [layer]
+        total = kl if total is None else total + kl
+        count += int(res.mask.sum())
+    return (total / count).tolist()

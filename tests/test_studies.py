@@ -1,0 +1,81 @@
+"""``trilens study run``: studies write metrics, figures and a summary atomically; bad names and settings are refused."""
+
+import json
+
+import pytest
+
+from trilens.cli import main as cli
+from trilens.errors import InputError
+from trilens.study import list_studies, run_study, study_config
+from trilens.zoo import MODELS_DIR
+
+
+def _shipped(*names):
+    return all((MODELS_DIR / n / "config.json").exists() for n in names)
+
+
+def test_the_studies_are_listed(capsys):
+    assert {"decoder_lens", "logit_lens"} <= set(list_studies())
+    assert cli(["study", "list"]) == 0
+    assert "decoder_lens" in capsys.readouterr().out
+
+
+def test_unknown_study_and_setting_are_refused(tmp_path, capsys):
+    with pytest.raises(InputError, match="did you mean 'decoder_lens'"):
+        study_config("decoder_lense")
+    with pytest.raises(InputError, match="no setting 'n_per_dept'.*n_per_depth"):
+        study_config("decoder_lens", overrides={"n_per_dept": 3})
+    assert cli(["study", "run", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(InputError, match="not empty"):
+        run_study("decoder_lens", tmp_path / "full")
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_a_failing_study_leaves_nothing_behind(tmp_path):
+    root = tmp_path / "studies"
+    (root / "broken").mkdir(parents=True)
+    (root / "broken" / "config.json").write_text('{"n": 1}')
+    (root / "broken" / "study.py").write_text(
+        "def run(ctx):\n    ctx.metric('half', 1)\n    ctx.say('started')\n    raise RuntimeError('boom')\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_study("broken", tmp_path / "out", path=root)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _shipped("t5"), reason="zoo:t5 is not trained in this checkout")
+def test_decoder_lens_study_quick_run(tmp_path, capsys):
+    out = tmp_path / "dl"
+    assert cli(["study", "run", "decoder_lens", "--quick", "--out", str(out), "--no-progress",
+                "--set", "n_per_depth=16"]) == 0
+    printed = capsys.readouterr().out
+    assert "forced choice" in printed and f"written to {out}" in printed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["config"]["n_per_depth"] == 16 and saved["quick"] is True
+    m = saved["metrics"]
+    # the last encoder layer is the model itself: the trained model reverses short strings and solves shallow formulas
+    assert m["reverse_exact_match_by_layer"]["4-8"][-1] == 1.0
+    assert m["logic_accuracy_by_layer"]["1"][-1] == 1.0
+    assert m["logic_forced_choice_by_layer"]["1"][0] == pytest.approx(0.5, abs=0.2)  # embeddings: near chance
+    assert set(m["logic_solved_layer"]) == {"1", "2", "3", "4"}
+    for name in ("logic_accuracy_by_layer", "logic_forced_choice_by_layer", "reverse_exact_match_by_layer"):
+        assert (out / "figures" / f"{name}.html").stat().st_size > 10_000
+    assert (out / "summary.md").read_text().startswith("# Study decoder_lens")
+    assert (out / "tables" / "logic_by_layer.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _shipped("gpt", "bert"), reason="zoo:gpt and zoo:bert are not trained in this checkout")
+def test_logit_lens_study_quick_run(tmp_path):
+    ctx = run_study("logit_lens", tmp_path / "ll", quick=True, progress=False)
+    for name in ("zoo:gpt", "zoo:bert"):
+        m = ctx.metrics[name]
+        assert m["answer_by_group"]["names"]["final_top1"] == 1.0
+        kl = m["kl_by_layer"]
+        assert kl["logit"][-1] == pytest.approx(0.0, abs=1e-5)  # the last layer is the model's own distribution
+        assert len(kl["logit"]) == len(kl["tuned"])
+        assert (tmp_path / "ll" / "figures" / f"{name[4:]}_kl_logit_vs_tuned.html").exists()
