@@ -1,0 +1,176 @@
+"""Layerwise probes: planted signals are found at their layer, controls stay at chance, the batched trainer
+matches scikit-learn, store-based probing equals in-memory probing, and bad labels are refused."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from tiny import WORDS
+from trilens.errors import InputError
+from trilens.probes import (Features, LogisticProbe, MLPProbe, ProbeResult, RidgeProbe, control_labels, cross_probe,
+                            evaluate_features, features_from_model, features_from_store, probe_layers)
+from trilens.probes.batched import fit_layers
+
+
+def planted(n=600, layers=6, d=24, k=3, classes=2, seed=0):
+    """Label linearly present only at layer k; per-example random word types for the control task."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(layers, n, d, generator=g)
+    x[k, :, :classes] += 3.0 * torch.nn.functional.one_hot(y, classes)
+    types = [f"w{i}" for i in range(n)]
+    return Features(x={"encoder": x}, labels=y.numpy(), groups=np.arange(n), types=types)
+
+
+def test_planted_signal_peaks_at_its_layer_and_control_stays_at_chance(tmp_path):
+    res = evaluate_features(planted(k=3), cv=4)
+    frame = res.layer_metrics()
+    assert res.best_layer() == 3
+    task, ctrl = frame["task_mean"].to_numpy(), frame["control_mean"].to_numpy()
+    assert task[3] > 0.95 and np.delete(task, 3).max() < 0.62
+    assert np.abs(ctrl - 0.5).max() < 0.1
+    assert frame["selectivity"][3] > 0.35
+    assert (frame["task_std"] >= 0).all() and frame["task_std"][3] < 0.05
+    back = ProbeResult.load(res.save(tmp_path / "r"))
+    assert back.layer_metrics().equals(frame)
+    fig = res.figure()
+    assert len(fig.data) == 4  # task and control lines with their bands
+
+
+def test_batched_trainer_matches_sklearn_on_the_same_split():
+    feat = planted(n=800, layers=4, d=32, classes=4, k=2)
+    x, y = feat.x["encoder"], feat.labels
+    tr, te = np.arange(600), np.arange(600, 800)
+    fitted = fit_layers(x[:, tr], torch.as_tensor(y[tr]), 4)
+    ours = (fitted.predict(x[:, te]).numpy() == y[te]).mean(1)
+    for layer in range(4):
+        sc = StandardScaler().fit(x[layer, tr].numpy())
+        ref = LogisticRegression(max_iter=1000).fit(sc.transform(x[layer, tr].numpy()), y[tr])
+        theirs = ref.score(sc.transform(x[layer, te].numpy()), y[te])
+        assert abs(ours[layer] - theirs) <= 0.01
+        w = fitted.weight[layer].numpy()
+        np.testing.assert_allclose(w - w.mean(1, keepdims=True), ref.coef_.T - ref.coef_.T.mean(1, keepdims=True), atol=2e-3)
+
+
+@pytest.mark.parametrize("estimator", [LogisticProbe(), RidgeProbe(), MLPProbe(epochs=40)], ids=lambda e: type(e).__name__)
+def test_probes_follow_sklearn_conventions(estimator):
+    failed = [r for r in check_estimator(estimator, on_fail=None) if r["status"] == "failed"]
+    assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]
+
+
+def test_ridge_probe_equals_sklearn_ridge():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)) * [1, 2, 3, 4, 5, 6]
+    y = x @ rng.normal(size=6) + rng.normal(size=200) * 0.1
+    ours = RidgeProbe(alpha=3.0, standardize=False).fit(x, y)
+    ref = Ridge(alpha=3.0).fit(x, y)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(ours.predict(x), ref.predict(x), rtol=1e-8)
+
+
+def test_regression_probe_and_any_sklearn_classifier():
+    feat = planted(k=1)
+    feat.labels = feat.x["encoder"][1, :, 0].numpy() * 2.0 + 1.0  # a real value present at layer 1 (and linear)
+    res = evaluate_features(feat, probe="ridge", cv=3)
+    assert res.metric == "r2" and res.best_layer() == 1 and res.curve()[1] > 0.99
+    from sklearn.neighbors import KNeighborsClassifier
+
+    res = evaluate_features(planted(k=4), probe=KNeighborsClassifier(5), cv=3, control=False)
+    assert res.best_layer() == 4 and "control_mean" not in res.layer_metrics()
+
+
+def test_control_labels_are_fixed_per_type_and_follow_the_label_distribution():
+    types = ["a", "b", "a", "c", "b", "a"] * 50
+    labels = np.array([0, 1, 0, 1, 1, 0] * 50)
+    ctrl = control_labels(types, labels, seed=1)
+    for t in "abc":
+        assert len({c for c, tt in zip(ctrl, types) if tt == t}) == 1
+    assert (control_labels(types, labels, seed=1) == ctrl).all()
+
+
+def _sentences(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    texts, labels, words = [], [], []
+    for _ in range(n):
+        ws = list(rng.choice(WORDS[:12], size=rng.integers(3, 7)))
+        texts.append(" ".join(ws))
+        labels.append(int(ws[0] in WORDS[:6]))
+        words.append([int(w in WORDS[:4]) for w in ws])
+    return texts, labels, words
+
+
+def test_probing_a_model_sentence_and_token_level(tiny):
+    model = tiny("bert")
+    texts, labels, words = _sentences()
+    res = probe_layers(model, texts, labels, pooling="first", cv=3, progress=False)
+    frame = res.layer_metrics()
+    assert len(frame) == model.n_layers["encoder"] + 1 and res.info["kind"] == "classification"
+    # token level: the word's own identity is decodable from the embeddings (layer 0) perfectly
+    res = probe_layers(model, texts, words, level="token", cv=3, progress=False)
+    assert res.curve()[0] == 1.0
+    assert res.info["n"] == sum(len(w) for w in words)
+
+
+def test_bad_labels_are_explained(tiny):
+    model = tiny("gpt2")
+    texts, labels, words = _sentences(10)
+    with pytest.raises(InputError, match="9 labels for 10 texts"):
+        probe_layers(model, texts, labels[:9], progress=False)
+    bad = [w[:-1] for w in words]
+    with pytest.raises(InputError, match=r"text 0 has \d+ words .* but \d+ labels"):
+        probe_layers(model, texts, bad, level="token", progress=False)
+    with pytest.raises(InputError, match="pooling must be"):
+        probe_layers(model, texts, labels, pooling="max", progress=False)
+    with pytest.raises(InputError, match="probe must be"):
+        probe_layers(model, texts, labels, probe="svm", progress=False)
+    with pytest.raises(InputError, match="cv=50 folds"):
+        probe_layers(model, texts, labels, cv=50, progress=False)
+
+
+def test_store_based_probing_equals_in_memory_probing(tiny, tmp_path):
+    from trilens.capture.dataset import capture_dataset
+
+    model = tiny("gpt2")
+    texts, labels, words = _sentences(60, seed=3)
+    store = capture_dataset(model, texts, ["resid"], tmp_path / "store", batch_size=8, texts_per_shard=16, progress=False)
+    for level, labs, kw in (("sentence", labels, {"pooling": "mean"}), ("token", words, {"subword": "last"})):
+        mem = features_from_model(model, texts, labs, level=level, progress=False, **kw)
+        disk = features_from_store(store, labs, level=level, texts=texts, tokenizer=model.tokenizer, progress=False, **kw)
+        torch.testing.assert_close(disk.x["decoder"], mem.x["decoder"], atol=1e-5, rtol=1e-5)
+        assert (disk.labels == mem.labels).all() and (disk.groups == mem.groups).all()
+        a = evaluate_features(mem, cv=3).layer_metrics()
+        b = probe_layers(store, texts, labs, level=level, tokenizer=model.tokenizer, cv=3, progress=False, **kw).layer_metrics()
+        np.testing.assert_allclose(a["task_mean"], b["task_mean"], atol=1e-9)
+    with pytest.raises(InputError, match="labels for a store of 60 texts"):
+        features_from_store(store, labels[:5], progress=False)
+
+
+def test_cross_probing_between_data_sets():
+    a, b = planted(seed=0, k=2), planted(seed=1, k=2)
+    res = cross_probe(a, b, train_name="seed 0", test_name="seed 1")
+    assert res.best_layer() == 2 and res.curve()[2] > 0.95 and res.info["cross"]
+    c = Features(x={"encoder": torch.randn(3, 10, 24)}, labels=np.zeros(10), groups=np.arange(10), types=["x"] * 10)
+    with pytest.raises(InputError, match="same layers and width"):
+        cross_probe(a, c)
+
+
+def test_probe_cli(tiny_path, tmp_path, capsys):
+    import json as js
+
+    from trilens.cli import main as cli
+
+    texts, labels, words = _sentences(40)
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(js.dumps({"text": t, "y": y, "w": w}) for t, y, w in zip(texts, labels, words)))
+    assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "w", "--level", "token", "--cv", "3",
+                "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "selectivity" in printed and "3-fold accuracy" in printed
+    assert ProbeResult.load(tmp_path / "out").curve()[0] == 1.0 and (tmp_path / "out" / "probe.html").exists()
+    assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "nope"]) == 2
+    assert "has no field 'nope'" in capsys.readouterr().err

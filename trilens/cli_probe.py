@@ -1,0 +1,82 @@
+"""``trilens probe MODEL --data FILE.jsonl --label FIELD``: layerwise probes from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def read_labelled(path: Path, label: str, level: str) -> tuple[list[Any], list[Any]]:
+    """(inputs, labels) from JSON lines with "text" (or "source"/"target") and the label field."""
+    if not path.exists():
+        raise InputError(f"data file {path} does not exist.")
+    inputs, labels = [], []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
+        if label not in row:
+            raise InputError(f"{path}:{i} has no field {label!r}; its fields: {', '.join(row)}.")
+        if "text" in row:
+            inputs.append(row["text"])
+        elif "source" in row and "target" in row:
+            inputs.append((row["source"], row["target"]))
+        else:
+            raise InputError(f"{path}:{i} has neither a \"text\" field nor \"source\" and \"target\" fields.")
+        if level == "token" and not isinstance(row[label], list):
+            raise InputError(f"{path}:{i}: at token level {label!r} must be a list with one label per word.")
+        labels.append(row[label])
+    if not inputs:
+        raise InputError(f"data file {path} is empty.")
+    return inputs, labels
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import trilens
+    from .probes import probe_layers
+
+    inputs, labels = read_labelled(args.data, args.label, args.level)
+    model = trilens.load(args.model)
+    pooling: Any = int(args.pooling) if args.pooling.lstrip("-").isdigit() else args.pooling
+    result = probe_layers(model, inputs, labels, level=args.level, pooling=pooling, subword=args.subword,
+                          stacks=args.stacks, probe=args.probe, cv=args.cv, control=not args.no_control,
+                          seed=args.seed, batch_size=args.batch_size, truncate=args.truncate,
+                          progress=not args.no_progress)
+    frame = result.layer_metrics()
+    print(f"{result.info['probe']} probe of {args.label!r} on {model.name}: {result.info['n']} examples from "
+          f"{result.info['n_texts']} texts, {result.info['folds']}-fold {result.metric} per layer (0 = embeddings)")
+    if result.info.get("majority") is not None:
+        print(f"majority-class baseline {result.info['majority']:.3f}")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        result.save(args.out)
+        result.figure().write_html(Path(args.out) / "probe.html", include_plotlyjs=True)
+        print(f"\nsaved to {args.out} (probe.json, probe.html)")
+    return 0
+
+
+def add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="layerwise probes: how decodable a label is at every layer")
+    p.add_argument("model")
+    p.add_argument("--data", type=Path, required=True, help="JSON lines with \"text\" (or source/target) and the label")
+    p.add_argument("--label", required=True, help="the label field (a list of word labels at token level)")
+    p.add_argument("--level", choices=["sentence", "token"], default="sentence")
+    p.add_argument("--pooling", default="mean", help="sentence level: first|cls|mean|last or a token position")
+    p.add_argument("--subword", choices=["first", "last", "mean"], default="first", help="token level: which sub-word")
+    p.add_argument("--stacks", nargs="+", default=None, help="encoder and/or decoder (default: all)")
+    p.add_argument("--probe", choices=["logistic", "ridge", "mlp"], default="logistic")
+    p.add_argument("--cv", type=int, default=5)
+    p.add_argument("--no-control", action="store_true", help="skip the control task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--truncate", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="save the result (probe.json) and its figure here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_probe)

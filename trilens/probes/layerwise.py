@@ -1,0 +1,181 @@
+"""``probe_layers``: a probe per layer of every stack, with folds, a control task and cross-probing.
+
+The default logistic and ridge probes train all layers of a stack in one batched computation per
+fold (see ``batched.py``); any scikit-learn estimator is cloned and looped over the layers instead.
+Folds group examples by text, so the words of one sentence never sit on both sides of a split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.metrics import accuracy_score, f1_score, r2_score
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
+
+from ..errors import InputError
+from .batched import fit_layers, fit_ridge_layers
+from .representations import Features, features_from_model, features_from_store
+from .result import ProbeResult
+
+BUILTIN = ("logistic", "ridge", "mlp")
+
+
+def control_labels(types: Sequence[str], labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang's control task: every type gets one random label, drawn from the label distribution."""
+    rng = np.random.default_rng(seed)
+    uniq = sorted(set(types))
+    if labels.dtype.kind == "f":
+        assigned = dict(zip(uniq, rng.choice(labels, size=len(uniq), replace=True)))
+    else:
+        values, counts = np.unique(labels, return_counts=True)
+        assigned = dict(zip(uniq, rng.choice(values, size=len(uniq), p=counts / counts.sum())))
+    return np.asarray([assigned[t] for t in types])
+
+
+def _task_kind(labels: np.ndarray, probe: Any) -> str:
+    if isinstance(probe, str):
+        return "regression" if probe == "ridge" else "classification"
+    if is_regressor(probe):
+        return "regression"
+    if is_classifier(probe):
+        return "classification"
+    raise InputError(f"probe must be one of {', '.join(BUILTIN)} or a scikit-learn classifier or regressor, not {probe!r}.")
+
+
+def _splits(feat: Features, kind: str, cv: int, test_size: float | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    idx = np.arange(feat.n)
+    n_groups = len(np.unique(feat.groups))
+    if test_size is not None:
+        if not 0 < test_size < 1:
+            raise InputError(f"test_size must be between 0 and 1, not {test_size}.")
+        return list(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(idx, groups=feat.groups))
+    if cv < 2 or cv > n_groups:
+        raise InputError(f"cv={cv} folds need between 2 and {n_groups} texts; pass a smaller cv or test_size=.")
+    if kind == "classification":
+        _, counts = np.unique(feat.labels, return_counts=True)
+        if counts.min() < cv:
+            splitter = GroupKFold(n_splits=cv, shuffle=True, random_state=seed)  # a class too rare to stratify
+        else:
+            splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+        return list(splitter.split(idx, feat.labels, groups=feat.groups))
+    return list(GroupKFold(n_splits=cv, shuffle=True, random_state=seed).split(idx, groups=feat.groups))
+
+
+def _scores(kind: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    if kind == "regression":
+        return {"r2": float(r2_score(y_true, pred))}
+    return {"accuracy": float(accuracy_score(y_true, pred)), "macro_f1": float(f1_score(y_true, pred, average="macro"))}
+
+
+def fit_predict_layers(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, probe: Any, kind: str,
+                       C: float = 1.0, alpha: float = 1.0) -> np.ndarray:
+    """Train one probe per layer of ``x_train [layer, n, d]`` and predict ``x_test`` -> ``[layer, n_test]``."""
+    if probe == "logistic":
+        classes, codes = np.unique(y_train, return_inverse=True)
+        if len(classes) < 2:
+            raise InputError(f"a training split holds one class only ({classes[0]!r}): use fewer folds or more varied data.")
+        fitted = fit_layers(x_train, torch.as_tensor(codes), len(classes), C=C)
+        return classes[fitted.predict(x_test).numpy()]
+    if probe == "ridge":
+        return fit_ridge_layers(x_train, torch.as_tensor(y_train.astype(np.float64)), alpha=alpha).predict(x_test)[..., 0].numpy()
+    if probe == "mlp":
+        from .estimators import MLPProbe
+
+        probe = MLPProbe()
+    return np.stack([clone(probe).fit(x_train[k].numpy(), y_train).predict(x_test[k].numpy()) for k in range(x_train.shape[0])])
+
+
+def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
+                      control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0,
+                      progress: bool = False) -> ProbeResult:
+    """Probe every layer of every stack in ``feat``: per fold, the task (and its control) scores."""
+    if isinstance(probe, str) and probe not in BUILTIN:
+        raise InputError(f"probe must be one of {', '.join(BUILTIN)} or a scikit-learn estimator, not {probe!r}.")
+    kind = _task_kind(feat.labels, probe)
+    labels = feat.labels.astype(np.float64) if kind == "regression" else feat.labels
+    if kind == "regression" and not np.isfinite(labels).all():
+        raise InputError("regression labels must be finite numbers.")
+    targets = {"task": labels}
+    if control:
+        targets["control"] = control_labels(feat.types, labels, seed)
+    rows = []
+    for fold, (tr, te) in enumerate(_splits(feat, kind, cv, test_size, seed)):
+        for stack, x in feat.x.items():
+            x_tr, x_te = x[:, tr], x[:, te]
+            for target, y in targets.items():
+                pred = fit_predict_layers(x_tr, y[tr], x_te, probe, kind, C=C, alpha=alpha)
+                for layer in range(x.shape[0]):
+                    for metric, value in _scores(kind, y[te], pred[layer]).items():
+                        rows.append({"stack": stack, "layer": layer, "target": target, "fold": fold, "metric": metric,
+                                     "value": value})
+    n_classes = len(np.unique(labels)) if kind == "classification" else None
+    info = {**feat.info, "probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "n": feat.n,
+            "n_texts": int(len(np.unique(feat.groups))), "folds": cv if test_size is None else 1, "test_size": test_size,
+            "seed": seed, "n_classes": n_classes,
+            "majority": float(np.unique(labels, return_counts=True)[1].max() / feat.n) if kind == "classification" else None}
+    return ProbeResult(rows, info)
+
+
+def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Sequence[Any] | None = None, *,
+                 level: str = "sentence", pooling: str | int = "mean", subword: str = "first",
+                 stacks: Sequence[str] | None = None, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
+                 control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, batch_size: int = 32,
+                 truncate: bool = False, tokenizer: Any = None, progress: bool = True) -> ProbeResult:
+    """How well a probe decodes ``labels`` from every layer of ``source``.
+
+    Args:
+        source: a loaded ``Model`` (then ``inputs`` are its texts, or (source, target) pairs), an
+            ``ActivationStore`` of residual sites (``inputs`` optional: the stored texts, needed for
+            word labels), or ``Features`` already collected.
+        labels: one per text (``level="sentence"``), or one list of word labels per text
+            (``level="token"``; words split on whitespace, None skips a word).
+        pooling: ``first``/``cls``, ``mean``, ``last`` or a token position (sentence level).
+        subword: ``first``, ``last`` or ``mean`` sub-word token of each word (token level).
+        probe: ``logistic`` (default; all layers batched), ``ridge`` (real-valued labels), ``mlp``,
+            or any scikit-learn classifier / regressor.
+        cv, test_size: k-fold cross-validation grouped by text, or one grouped train/test split.
+        control: also train on Hewitt & Liang control labels and report selectivity.
+    """
+    if isinstance(source, Features):
+        feat = source
+    else:
+        if labels is None:
+            raise InputError("pass labels: one per text (or one list of word labels per text at token level).")
+        from ..capture.store import ActivationStore
+
+        if isinstance(source, ActivationStore):
+            feat = features_from_store(source, labels, level=level, pooling=pooling, subword=subword, stacks=stacks,
+                                       texts=inputs, tokenizer=tokenizer, progress=progress)
+        else:
+            if inputs is None:
+                raise InputError("pass the texts (inputs) to run the model on.")
+            feat = features_from_model(source, inputs, labels, level=level, pooling=pooling, subword=subword,
+                                       stacks=stacks, batch_size=batch_size, truncate=truncate, progress=progress)
+    return evaluate_features(feat, probe=probe, cv=cv, test_size=test_size, control=control, seed=seed, C=C, alpha=alpha)
+
+
+def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: float = 1.0, alpha: float = 1.0,
+                train_name: str = "A", test_name: str = "B") -> ProbeResult:
+    """Train on every example of ``train`` and score on ``test``, layer by layer (data set A -> B, or model A -> B)."""
+    kind = _task_kind(train.labels, probe)
+    rows = []
+    for stack, x in train.x.items():
+        if stack not in test.x:
+            raise InputError(f"the test features have no {stack!r} stack; they have {list(test.x)}.")
+        xt = test.x[stack]
+        if xt.shape[0] != x.shape[0] or xt.shape[2] != x.shape[2]:
+            raise InputError(f"cross-probing needs the same layers and width: train {stack} is {tuple(x.shape[::2])} "
+                             f"(layers, d), test is {tuple(xt.shape[::2])}.")
+        y_train = train.labels.astype(np.float64) if kind == "regression" else train.labels
+        y_test = test.labels.astype(np.float64) if kind == "regression" else test.labels
+        pred = fit_predict_layers(x, y_train, xt, probe, kind, C=C, alpha=alpha)
+        for layer in range(x.shape[0]):
+            for metric, value in _scores(kind, y_test, pred[layer]).items():
+                rows.append({"stack": stack, "layer": layer, "target": "task", "fold": 0, "metric": metric, "value": value})
+    info = {"probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "cross": True,
+            "train": train_name, "test": test_name, "n_train": train.n, "n": test.n, "folds": 1}
+    return ProbeResult(rows, info)

@@ -1,0 +1,266 @@
+"""What a probe reads: one vector per text (CLS / first, mean, last, a position) or per word, at every layer.
+
+Word-level labels belong to whitespace-separated words; each word is represented by its first, last
+or mean sub-word token, found through the tokenizer's character offsets. A text whose words and
+labels do not line up is reported with its index and both counts, never silently skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..capture.trace import trace
+from ..errors import InputError
+
+POOLINGS = ("first", "cls", "mean", "last")
+SUBWORDS = ("first", "last", "mean")
+
+
+@dataclass
+class Features:
+    """Per stack, ``x[stack]`` ``[layer, n, d]`` (layer 0 = embeddings) for ``n`` examples with ``labels``.
+
+    ``groups[i]`` is the text example i came from (folds never split a text), ``types[i]`` the word
+    type (token level) or text (sentence level) that the control task keys its random labels on.
+    """
+
+    x: dict[str, torch.Tensor]
+    labels: np.ndarray
+    groups: np.ndarray
+    types: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+
+def check_pooling(pooling: Any) -> None:
+    if not (isinstance(pooling, int) or pooling in POOLINGS):
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)} or a token position (int), not {pooling!r}.")
+
+
+def pool_states(states: torch.Tensor, mask: torch.Tensor, pooling: str | int) -> torch.Tensor:
+    """``states [layer, batch, pos, d]`` with right padding ``mask [batch, pos]`` -> ``[layer, batch, d]``."""
+    check_pooling(pooling)
+    lengths = mask.sum(1)
+    rows = torch.arange(mask.shape[0])
+    if pooling == "mean":
+        m = mask[None, :, :, None].to(states.dtype)
+        return (states * m).sum(2) / m.sum(2).clamp_min(1)
+    if pooling in ("first", "cls"):
+        pos = torch.zeros_like(lengths)
+    elif pooling == "last":
+        pos = lengths - 1
+    else:
+        pos = torch.full_like(lengths, pooling) if pooling >= 0 else lengths + pooling
+        bad = ((pos < 0) | (pos >= lengths)).nonzero().flatten().tolist()
+        if bad:
+            raise InputError(f"position {pooling} is outside text(s) {bad[:5]} (lengths {lengths[bad[:5]].tolist()} tokens).")
+    return states[:, rows, pos]
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the whitespace-separated words of ``text``."""
+    spans, start = [], None
+    for i, ch in enumerate(text + " "):
+        if ch.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    return spans
+
+
+def word_tokens(tokenizer: Any, text: str, ids: Sequence[int], index: int) -> list[list[int]]:
+    """Token positions of each whitespace word of ``text`` within ``ids`` (the model's own tokens of it)."""
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise InputError("word-level labels need a fast tokenizer (character offsets); this one has none "
+                         f"({type(tokenizer).__name__}).") from err
+    if list(enc["input_ids"]) != list(ids):
+        raise InputError(f"text {index}: the tokenizer's ids differ from the model's input (was it truncated?); "
+                         "word labels cannot be aligned.")
+    spans = word_spans(text)
+    out: list[list[int]] = [[] for _ in spans]
+    w = 0
+    for pos, (s, e) in enumerate(enc["offset_mapping"]):
+        if e <= s:
+            continue  # special tokens carry no characters
+        last = e - 1  # a token's last character is inside its word even when the token starts with a space
+        while w < len(spans) and spans[w][1] <= last:
+            w += 1
+        if w < len(spans) and spans[w][0] <= last:
+            out[w].append(pos)
+    return out
+
+
+def _word_rows(tokenizer: Any, text: str, ids: Sequence[int], labels: Sequence[Any], index: int, subword: str
+               ) -> tuple[list[list[int]], list[Any], list[str]]:
+    """(token positions per labelled word, its label, its type) for one text."""
+    words = text.split()
+    if len(labels) != len(words):
+        raise InputError(f"text {index} has {len(words)} words (split on whitespace) but {len(labels)} labels: "
+                         f"{text[:80]!r}. Give one label per word (None to skip a word).")
+    per_word = word_tokens(tokenizer, text, ids, index)
+    picks, ys, types = [], [], []
+    for w, (positions, label) in enumerate(zip(per_word, labels)):
+        if label is None:
+            continue
+        if not positions:
+            raise InputError(f"text {index}: word {w} ({words[w]!r}) has no token in the model's input "
+                             "(cut by truncation?); shorten the text or label it None.")
+        picks.append(positions[:1] if subword == "first" else positions[-1:] if subword == "last" else positions)
+        ys.append(label)
+        types.append(words[w].lower())
+    return picks, ys, types
+
+
+def _check_labels(inputs: Sequence[Any], labels: Sequence[Any], level: str) -> None:
+    if level not in ("sentence", "token"):
+        raise InputError(f"level must be 'sentence' or 'token', not {level!r}.")
+    if len(labels) != len(inputs):
+        raise InputError(f"{len(labels)} labels for {len(inputs)} texts: give one label per text"
+                         + (" (a list of word labels per text at token level)." if level == "token" else "."))
+    if level == "token" and not all(isinstance(lab, (list, tuple, np.ndarray)) for lab in labels):
+        raise InputError("token-level labels are one list of word labels per text.")
+
+
+def features_from_model(model: Any, inputs: Sequence[Any], labels: Sequence[Any], *, level: str = "sentence",
+                        pooling: str | int = "mean", subword: str = "first", stacks: Sequence[str] | None = None,
+                        batch_size: int = 32, truncate: bool = False, progress: bool = True) -> Features:
+    """Run ``model`` over ``inputs`` and keep each layer's representation of every example."""
+    _check_labels(inputs, labels, level)
+    check_pooling(pooling)
+    if subword not in SUBWORDS:
+        raise InputError(f"subword must be one of {', '.join(SUBWORDS)}, not {subword!r}.")
+    stacks = list(stacks or model.stacks)
+    for st in stacks:
+        if st not in model.stacks:
+            raise InputError(f"this {model.family} model has stacks {list(model.stacks)}, not {st!r}.")
+    if "decoder" in stacks and model.family == "encoder-decoder":
+        if level == "token":
+            raise InputError("token-level probes read the encoder of an encoder-decoder; pass stacks=['encoder'].")
+        if not all(isinstance(x, tuple) for x in inputs):
+            raise InputError("the decoder stack of an encoder-decoder needs (source, target) pairs as inputs.")
+    sites = [s for st in stacks for s in model.sites(stack=st, layer=0, kind="resid_pre") + model.sites(stack=st, kind="resid_post")]
+    chunks: dict[str, list[torch.Tensor]] = {st: [] for st in stacks}
+    ys: list[Any] = []
+    groups: list[int] = []
+    types: list[str] = []
+    for start in tqdm(range(0, len(inputs), batch_size), desc="features", disable=not progress, unit="batch"):
+        chunk = list(inputs[start:start + batch_size])
+        cache = trace(model, chunk, sites, truncate=truncate, logits=False, tokens=False)  # no LM head needed
+        if level == "sentence":
+            for st in stacks:
+                chunks[st].append(pool_states(cache.accumulated_resid(st).float(), cache.mask(st), pooling))
+            for j, x in enumerate(chunk):
+                ys.append(labels[start + j])
+                groups.append(start + j)
+                types.append(x if isinstance(x, str) else str(x))
+            continue
+        st = stacks[0]
+        states = cache.accumulated_resid(st).float()
+        ids, mask = cache.ids[st], cache.mask(st)
+        for j, x in enumerate(chunk):
+            text = x[0] if isinstance(x, tuple) else x
+            row_ids = ids[j][mask[j]].tolist()
+            picks, wy, wt = _word_rows(model.tokenizer, text, row_ids, labels[start + j], start + j, subword)
+            for positions in picks:
+                for s in stacks:  # token level has one stack (checked above)
+                    chunks[s].append(states[:, j, positions].mean(1, keepdim=True))
+            ys += wy
+            types += wt
+            groups += [start + j] * len(wy)
+    if not ys:
+        raise InputError("no labelled examples: every label was None.")
+    x = {st: torch.cat(v, dim=1) for st, v in chunks.items()}
+    return Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
+                    info={"model": model.name, "level": level, "pooling": pooling if level == "sentence" else subword})
+
+
+def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sentence", pooling: str | int = "mean",
+                        subword: str = "first", stacks: Sequence[str] | None = None, texts: Sequence[str] | None = None,
+                        tokenizer: Any = None, progress: bool = True) -> Features:
+    """The same features from an ``ActivationStore`` of ``resid_post`` (and layer-0 ``resid_pre``) sites,
+    read one shard and one layer at a time, so memory holds only the pooled result."""
+    if level not in ("sentence", "token"):
+        raise InputError(f"level must be 'sentence' or 'token', not {level!r}.")
+    if len(labels) != store.n_texts:
+        raise InputError(f"{len(labels)} labels for a store of {store.n_texts} texts: give one label per stored text.")
+    if level == "token" and (texts is None or tokenizer is None):
+        raise InputError("token-level probing from a store needs texts= (the stored texts) and tokenizer= to align words.")
+    check_pooling(pooling)
+    stacks = list(stacks or store.manifest["stacks"])
+    x: dict[str, torch.Tensor] = {}
+    ys: list[Any] = []
+    groups: list[int] = []
+    types: list[str] = []
+    for si, st in enumerate(stacks):
+        layer_sites = _store_layers(store, st)
+        offsets = store.offsets(st)
+        lengths = np.diff(offsets)
+        if level == "token":
+            all_ids = store.ids(st, as_="numpy")
+            picks: list[list[int]] = []  # global token rows per labelled word
+            for i, text in enumerate(texts):
+                p, wy, wt = _word_rows(tokenizer, text, all_ids[offsets[i]:offsets[i + 1]].tolist(), labels[i], i, subword)
+                picks += [[offsets[i] + q for q in positions] for positions in p]
+                if si == 0:
+                    ys += wy
+                    types += wt
+                    groups += [i] * len(wy)
+        per_layer = []
+        for name in tqdm(layer_sites, desc=f"read {st}", disable=not progress, unit="layer"):
+            parts, first_row = [], 0
+            for shard in store.iter_shards(name):
+                rows = _to_float(shard)
+                parts.append(_pool_rows(rows, first_row, offsets, lengths, level, pooling, picks if level == "token" else None))
+                first_row += rows.shape[0]
+                del shard, rows
+            per_layer.append(torch.cat(parts))
+        x[st] = torch.stack(per_layer)
+    if level == "sentence":
+        ys, groups, types = list(labels), list(range(store.n_texts)), [f"text {i}" for i in range(store.n_texts)]
+        if texts is not None:
+            types = list(texts)
+    return Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
+                    info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword})
+
+
+def _to_float(shard: Any) -> torch.Tensor:
+    return torch.as_tensor(np.array(shard, dtype=np.float32))  # a copy: the memory map is released after
+
+
+def _store_layers(store: Any, stack: str) -> list[str]:
+    """The store's residual sites of ``stack`` in layer order: resid_pre of layer 0, then every resid_post."""
+    sites = store.sites
+    post = sorted((s["layer"], n) for n, s in sites.items() if s["stack"] == stack and s["kind"] == "resid_post")
+    pre0 = [n for n, s in sites.items() if s["stack"] == stack and s["kind"] == "resid_pre" and s["layer"] == 0]
+    if not post or not pre0:
+        raise InputError(f"probing from a store needs every layer's resid_post and layer 0's resid_pre of the {stack} "
+                         "stack: capture them with sites=['resid'] (or 'resid_pre' 'resid_post').")
+    return pre0 + [n for _, n in post]
+
+
+def _pool_rows(rows: torch.Tensor, first_row: int, offsets: list[int], lengths: np.ndarray, level: str,
+               pooling: str | int, picks: list[list[int]] | None) -> torch.Tensor:
+    """Pool one shard's token rows (global rows ``first_row``..) into per-text or per-word vectors."""
+    end_row = first_row + rows.shape[0]
+    if level == "token":
+        inside = [p for p in picks if first_row <= p[0] < end_row]
+        return torch.stack([rows[[q - first_row for q in p]].mean(0) for p in inside]) if inside else rows[:0]
+    texts = [i for i in range(len(lengths)) if first_row <= offsets[i] < end_row]
+    out = []
+    for i in texts:
+        seg = rows[offsets[i] - first_row: offsets[i + 1] - first_row]
+        out.append(pool_states(seg[None, None], torch.ones(1, len(seg), dtype=torch.bool), pooling)[0, 0])
+    return torch.stack(out) if out else rows[:0]
