@@ -74,8 +74,25 @@ def test_logit_lens_study_quick_run(tmp_path):
     ctx = run_study("logit_lens", tmp_path / "ll", quick=True, progress=False)
     for name in ("zoo:gpt", "zoo:bert"):
         m = ctx.metrics[name]
-        assert m["answer_by_group"]["names"]["final_top1"] == 1.0
+        groups = m["answer_by_group"]
+        assert groups["names"]["top1_by_layer"][-1] == 1.0 and groups["agreement"]["beats_alternative_by_layer"][-1] == 1.0
+        assert groups["names"]["beats_alternative_by_layer"][0] <= 0.75  # the embeddings alone do not know the class
         kl = m["kl_by_layer"]
         assert kl["logit"][-1] == pytest.approx(0.0, abs=1e-5)  # the last layer is the model's own distribution
         assert len(kl["logit"]) == len(kl["tuned"])
         assert (tmp_path / "ll" / "figures" / f"{name[4:]}_kl_logit_vs_tuned.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _shipped("bert"), reason="zoo:bert is not trained in this checkout")
+def test_layerwise_probing_study_quick_run(tmp_path):
+    ctx = run_study("layerwise_probing", tmp_path / "lp", quick=True, progress=False)
+    m = ctx.metrics["zoo:bert"]
+    n_layers = 6
+    truth = m["truth value at [MASK]"]["accuracy_by_layer"]
+    assert len(truth) == n_layers + 1
+    # the trained model answers at [MASK]: its top layer carries the truth value, its embeddings cannot
+    assert truth[-1] > 0.85 and truth[0] < 0.6
+    assert m["subject number"]["accuracy_by_layer"][-1] > 0.9
+    assert "cross: subformula values -> truth value at [MASK]" in m
+    assert len(list((tmp_path / "lp" / "figures").glob("bert_*.html"))) == 6

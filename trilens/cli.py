@@ -30,13 +30,17 @@ def _read_texts(path: Path) -> list[Any]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
-        if "text" in row:
-            out.append(row["text"])
-        elif "source" in row and "target" in row:
-            out.append((row["source"], row["target"]))
-        else:
-            raise InputError(f"{path}:{i} has neither a \"text\" field nor \"source\" and \"target\" fields.")
+        out.append(row_input(row, path, i))
     return out
+
+
+def row_input(row: dict[str, Any], path: Path, line: int) -> Any:
+    """The model input of one JSON line: its "text", or its ("source", "target") pair."""
+    if "text" in row:
+        return row["text"]
+    if "source" in row and "target" in row:
+        return (row["source"], row["target"])
+    raise InputError(f"{path}:{line} has neither a \"text\" field nor \"source\" and \"target\" fields.")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

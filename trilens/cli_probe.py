@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .cli import row_input
 from .errors import InputError
 
 
@@ -24,12 +25,7 @@ def read_labelled(path: Path, label: str, level: str) -> tuple[list[Any], list[A
             raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
         if label not in row:
             raise InputError(f"{path}:{i} has no field {label!r}; its fields: {', '.join(row)}.")
-        if "text" in row:
-            inputs.append(row["text"])
-        elif "source" in row and "target" in row:
-            inputs.append((row["source"], row["target"]))
-        else:
-            raise InputError(f"{path}:{i} has neither a \"text\" field nor \"source\" and \"target\" fields.")
+        inputs.append(row_input(row, path, i))
         if level == "token" and not isinstance(row[label], list):
             raise InputError(f"{path}:{i}: at token level {label!r} must be a list with one label per word.")
         labels.append(row[label])

@@ -17,7 +17,8 @@ import trilens
 from trilens.lens import TunedLens, logit_lens, run_lens
 from trilens.study import StudyContext
 from trilens.zoo import tasks as T
-from trilens.zoo.formats import lm_item, mlm_item
+from trilens.lens.result import settled_layer
+from trilens.zoo.formats import contrast, lm_item, mlm_item
 from trilens.zoo.recipes import RECIPES
 
 
@@ -50,7 +51,8 @@ def example_sets(model_name: str, cfg: dict[str, Any], split: str) -> dict[str, 
 
 
 def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str, torch.Tensor]:
-    """Per layer and example: whether the answer is top-1, its probability; and the settled layer."""
+    """Per layer and example: whether the answer is top-1, whether it beats its alternative (T vs F,
+    she vs he, has vs have), its probability; and the layers from which each holds to the end."""
     tok = model.tokenizer
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(exs), batch_size):
@@ -61,10 +63,16 @@ def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str
             pos = batch.attention_mask.sum(1) - 1  # right padding: the last real token predicts the answer
         else:
             pos = (batch.input_ids == tok.mask_token_id).int().argmax(1)
-        targets = torch.full_like(batch.input_ids, -1)
-        targets[torch.arange(len(chunk)), pos] = torch.tensor(tok.convert_tokens_to_ids([ex.target for ex in chunk]))
-        at = logit_lens(model, texts, targets=targets).at(pos)
-        parts.append({"top1": at["target_rank"] == 0, "prob": (-at["cross_entropy"]).exp(), "settled": at["settled"]})
+        rows = torch.arange(len(chunk))
+        found = {}
+        for which, words in (("right", [contrast(ex)[0] for ex in chunk]), ("wrong", [contrast(ex)[1] for ex in chunk])):
+            targets = torch.full_like(batch.input_ids, -1)
+            targets[rows, pos] = torch.tensor(tok.convert_tokens_to_ids(words))
+            found[which] = logit_lens(model, texts, targets=targets).at(pos)
+        right, wrong = found["right"], found["wrong"]
+        beats = right["cross_entropy"] < wrong["cross_entropy"]
+        parts.append({"top1": right["target_rank"] == 0, "beats": beats, "prob": (-right["cross_entropy"]).exp(),
+                      "settled_top1": right["settled"], "settled_beats": settled_layer(beats)})
     return {k: torch.cat([p[k] for p in parts], dim=-1) for k in parts[0]}
 
 
@@ -79,24 +87,33 @@ def run(ctx: StudyContext) -> None:
         n_layers = model.n_layers[stack]
         ctx.say(f"## {name}: logit lens on the {stack} stack ({n_layers} blocks; layer 0 = embeddings)")
         ctx.say("")
-        ctx.say(f"  {'task':<16}{'final acc':>10}{'settles at (median)':>22}   answer top-1 per layer")
         per_group: dict[str, Any] = {}
         fig = go.Figure()
+        rows_top, rows_beats = [], []
         for group, exs in example_sets(name, cfg, "test").items():
             r = answer_layers(model, exs, cfg["batch_size"])
-            top1 = r["top1"].float().mean(1).tolist()
-            settled = [int(s) for s in r["settled"] if s >= 0]
-            median = statistics.median(settled) if settled else None
-            per_group[group] = {"n": len(exs), "final_top1": round(top1[-1], 4),
-                                "top1_by_layer": [round(v, 4) for v in top1],
-                                "answer_prob_by_layer": [round(v, 4) for v in r["prob"].mean(1).tolist()],
-                                "settled_layer_median": median,
-                                "settled_layer_mean": round(statistics.fmean(settled), 3) if settled else None}
-            ctx.say(f"  {group:<16}{top1[-1]:>10.2f}{str(median):>22}   " + " ".join(f"{v:.2f}" for v in top1))
-            fig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=top1, mode="lines+markers", name=group))
-        fig.update_layout(title=f"Logit lens on {name}: share of examples whose answer is the layer's top-1",
-                          xaxis_title="layer (0 = embeddings)", yaxis_title="answer is top-1", yaxis_range=[0, 1.02])
-        ctx.figure(f"{name.removeprefix('zoo:')}_answer_top1_by_layer", fig)
+            entry: dict[str, Any] = {"n": len(exs)}
+            for key, label in (("top1", "top1"), ("beats", "beats_alternative")):
+                curve = r[key].float().mean(1).tolist()
+                settled = [int(v) for v in r[f"settled_{key}"] if v >= 0]
+                entry[f"{label}_by_layer"] = [round(v, 4) for v in curve]
+                entry[f"{label}_settled_median"] = statistics.median(settled) if settled else None
+                entry[f"{label}_settled_mean"] = round(statistics.fmean(settled), 3) if settled else None
+                (rows_top if key == "top1" else rows_beats).append((group, curve, entry[f"{label}_settled_median"]))
+            entry["answer_prob_by_layer"] = [round(v, 4) for v in r["prob"].mean(1).tolist()]
+            per_group[group] = entry
+            fig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=entry["beats_alternative_by_layer"], mode="lines+markers",
+                                     name=group))
+        for title, rows in (("answer is the layer's top-1 token", rows_top),
+                            ("answer beats its alternative (T/F, she/he, verb forms)", rows_beats)):
+            ctx.say(f"  {title}, per layer; 'from' = median layer from which it holds to the last layer")
+            ctx.say(f"  {'task':<16}" + "".join(f"{k:>6}" for k in range(n_layers + 1)) + f"{'from':>7}")
+            for group, curve, median in rows:
+                ctx.say(f"  {group:<16}" + "".join(f"{v:>6.2f}" for v in curve) + f"{str(median):>7}")
+            ctx.say("")
+        fig.update_layout(title=f"Logit lens on {name}: share of examples whose answer beats its alternative",
+                          xaxis_title="layer (0 = embeddings)", yaxis_title="answer beats alternative", yaxis_range=[0, 1.02])
+        ctx.figure(f"{name.removeprefix('zoo:')}_answer_by_layer", fig)
 
         # -- tuned vs logit lens, KL to the final distribution on held-out text ------------------------
         train = [_full_text(model, ex) for exs in example_sets(name, {**cfg, **_scaled(cfg, "tuned_train_texts")}, "train").values()

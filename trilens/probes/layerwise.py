@@ -72,12 +72,18 @@ def _scores(kind: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]
 
 
 def fit_predict_layers(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, probe: Any, kind: str,
-                       C: float = 1.0, alpha: float = 1.0) -> np.ndarray:
-    """Train one probe per layer of ``x_train [layer, n, d]`` and predict ``x_test`` -> ``[layer, n_test]``."""
+                       C: float = 1.0, alpha: float = 1.0, constant_ok: bool = False) -> np.ndarray:
+    """Train one probe per layer of ``x_train [layer, n, d]`` and predict ``x_test`` -> ``[layer, n_test]``.
+
+    ``constant_ok``: a training split with one class predicts that class (a control task whose examples
+    all share one word type has one label) instead of raising.
+    """
+    if kind == "classification" and len(np.unique(y_train)) < 2:
+        if constant_ok:
+            return np.full((x_train.shape[0], x_test.shape[1]), y_train[0])
+        raise InputError(f"a training split holds one class only ({y_train[0]!r}): use fewer folds or more varied data.")
     if probe == "logistic":
         classes, codes = np.unique(y_train, return_inverse=True)
-        if len(classes) < 2:
-            raise InputError(f"a training split holds one class only ({classes[0]!r}): use fewer folds or more varied data.")
         fitted = fit_layers(x_train, torch.as_tensor(codes), len(classes), C=C)
         return classes[fitted.predict(x_test).numpy()]
     if probe == "ridge":
@@ -107,7 +113,7 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
         for stack, x in feat.x.items():
             x_tr, x_te = x[:, tr], x[:, te]
             for target, y in targets.items():
-                pred = fit_predict_layers(x_tr, y[tr], x_te, probe, kind, C=C, alpha=alpha)
+                pred = fit_predict_layers(x_tr, y[tr], x_te, probe, kind, C=C, alpha=alpha, constant_ok=target == "control")
                 for layer in range(x.shape[0]):
                     for metric, value in _scores(kind, y[te], pred[layer]).items():
                         rows.append({"stack": stack, "layer": layer, "target": target, "fold": fold, "metric": metric,

@@ -1,0 +1,134 @@
+"""Probe benchmark (issue 5): the batched all-layer trainer vs scikit-learn looped over layers, and
+peak memory when probing from an activation store 4x larger.
+
+    python benchmarks/probes.py [--part speed|store|all] [--quick]
+
+Speed: 13 layers x 20,000 examples x 768 dims, 4 classes, a label planted with a different strength
+in every layer; the same 80/20 split for both; scikit-learn gets the same standardised features
+(``StandardScaler`` + ``LogisticRegression``, its defaults otherwise). Ratios are against the
+scikit-learn loop measured in the same run.
+Memory: a fresh process per run; each captures a corpus into a store (not measured), then probes
+every layer from the store; peak RSS of the probing is compared between 1x and 4x the texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def planted(layers: int, n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    means = torch.randn(classes, d, generator=g) / d ** 0.5
+    strength = torch.linspace(0.0, 12.0, layers)  # layer 0: nothing; deeper: more separable
+    x = torch.randn(layers, n, d, generator=g)
+    x += strength[:, None, None] * means[y][None]
+    return x, y
+
+
+def bench_speed(layers: int, n: int, d: int, classes: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from trilens.probes.batched import fit_layers
+
+    x, y = planted(layers, n, d, classes)
+    split = int(0.8 * n)
+    tr, te = slice(0, split), slice(split, n)
+    start = time.perf_counter()
+    acc_sk = []
+    for k in range(layers):
+        sc = StandardScaler().fit(x[k, tr].numpy())
+        clf = LogisticRegression().fit(sc.transform(x[k, tr].numpy()), y[tr].numpy())
+        acc_sk.append(clf.score(sc.transform(x[k, te].numpy()), y[te].numpy()))
+    t_sk = time.perf_counter() - start
+    start = time.perf_counter()
+    fitted = fit_layers(x[:, tr], y[tr], classes)
+    acc_b = (fitted.predict(x[:, te]) == y[te]).float().mean(1).tolist()
+    t_b = time.perf_counter() - start
+    print(f"speed: {layers} layers x {n} examples x {d} dims, {classes} classes, 80/20 split, {torch.get_num_threads()} threads")
+    print(f"{'method':<44}{'seconds':>9}{'speed-up':>10}")
+    print(f"{'sklearn LogisticRegression x layers (baseline)':<44}{t_sk:>9.1f}{1.0:>10.2f}")
+    print(f"{'trilens batched L-BFGS, all layers at once':<44}{t_b:>9.1f}{t_sk / t_b:>10.2f}")
+    diff = [abs(a - b) for a, b in zip(acc_b, acc_sk)]
+    print("accuracy per layer (sklearn / batched): " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(acc_sk, acc_b)))
+    print(f"largest accuracy difference: {max(diff) * 100:.2f} points (target <= 1); iterations per layer: {fitted.n_iter.tolist()}")
+
+
+def store_worker(store: str, n_texts: int) -> None:
+    """Fresh process: probe every layer of a store (sentence level, mean pooling); print peak RSS."""
+    from trilens.capture.store import ActivationStore
+    from trilens.probes import probe_layers
+
+    labels = [i % 4 for i in range(n_texts)]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    res = probe_layers(ActivationStore(store), labels=labels, cv=2, control=False, progress=False)
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_before_mb": before, "n": res.info["n"]}))
+
+
+def capture(store: str, n_texts: int, seq: int) -> int:
+    import transformers as T
+
+    import trilens
+    from trilens.capture.dataset import capture_dataset
+
+    cfg = T.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=2000)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = trilens.load(T.GPT2LMHeadModel(cfg).eval())
+    g = torch.Generator().manual_seed(1)
+    texts = [torch.randint(0, 2000, (seq,), generator=g).tolist() for _ in range(n_texts)]
+    capture_dataset(model, texts, ["resid"], store, batch_size=16, texts_per_shard=64, dtype="float16", progress=False)
+    return sum(os.path.getsize(os.path.join(store, f)) for f in os.listdir(store))
+
+
+def bench_store(n_texts: int, seq: int) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in (1, 4):
+            store = os.path.join(tmp, f"store{factor}")
+            size = capture(store, n_texts * factor, seq)
+            out = subprocess.run([sys.executable, __file__, "--worker", store, str(n_texts * factor)], capture_output=True,
+                                 text=True, check=True)
+            rows.append((factor, size, json.loads(out.stdout.strip().splitlines()[-1])))
+    print(f"store: 12-layer d768 GPT-2 shape, {seq} tokens per text, resid sites (13 layers), fp16 on disk; "
+          "sentence-level mean pooling, 2 folds, all layers")
+    print(f"{'corpus':<8}{'texts':>7}{'store MB':>10}{'probe s':>9}{'peak RSS MB':>13}")
+    for factor, size, r in rows:
+        print(f"{str(factor) + 'x':<8}{n_texts * factor:>7}{size / 2**20:>10.0f}{r['seconds']:>9.1f}{r['peak_rss_mb']:>13.0f}")
+    print(f"peak RSS 4x / 1x: {rows[1][2]['peak_rss_mb'] / rows[0][2]['peak_rss_mb']:.2f} (target: flat, ~1.0); "
+          f"store size 4x / 1x: {rows[1][1] / rows[0][1]:.2f}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        store_worker(sys.argv[2], int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["speed", "store", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    args = parser.parse_args()
+    if args.part in ("speed", "all"):
+        bench_speed(*((13, 2000, 64, 4) if args.quick else (13, 20000, 768, 4)))
+    if args.part in ("store", "all"):
+        bench_store(*((64, 16) if args.quick else (256, 64)))
+
+
+if __name__ == "__main__":
+    main()

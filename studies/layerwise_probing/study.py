@@ -1,0 +1,118 @@
+"""Layerwise probing on zoo:bert (and zoo:minilm where installed): where are a formula's truth value,
+its depth, its subformulas' values and a subject's number linearly decodable?
+
+Reference (Pirozelli et al. 2023, RoBERTa-large on RuleTaker): probes for the reasoning answer stay at
+chance up to layer 15 of 24 and reach 99% only from layer 20: reasoning is decoded in the upper layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import trilens
+from trilens.errors import ModelLoadError
+from trilens.probes import cross_probe, evaluate_features, features_from_model
+from trilens.study import StudyContext
+from trilens.zoo import tasks as T
+from trilens.zoo.formats import mlm_item
+
+
+def subformula_labels(ex: T.Example) -> list[Any]:
+    """Per word of the formula: the value of the innermost subformula that ends there (None elsewhere)."""
+    labels: list[Any] = [None] * len(ex.text.split())
+    depth_at: dict[int, int] = {}
+    for sub in ex.meta["subformulas"]:
+        end = sub["end"] - 1
+        if end not in depth_at or sub["depth"] < depth_at[end]:
+            depth_at[end] = sub["depth"]
+            labels[end] = "T" if sub["value"] else "F"
+    return labels
+
+
+def datasets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each probing task: texts in zoo:bert's format, labels, level and pooling."""
+    logic = T.logic(cfg["n_per_depth"], seed=cfg["seed"], depths=(1, 2, 3, 4), split="test")
+    texts = [mlm_item(ex).text for ex in logic]
+    agree = T.agreement(cfg["n_agreement"], seed=cfg["seed"], split="test")
+    a_texts = [mlm_item(ex).text for ex in agree]
+    # the subject's number at every word of the sentence and at the masked verb; the adjective unlabelled
+    a_words = [ex.meta["number"] + [ex.label, None] for ex in agree]
+    return {
+        "truth value (mean)": {"texts": texts, "labels": [ex.target for ex in logic], "level": "sentence", "pooling": "mean"},
+        "truth value (CLS)": {"texts": texts, "labels": [ex.target for ex in logic], "level": "sentence", "pooling": "first"},
+        "truth value at [MASK]": {"texts": texts, "labels": [[None] * len(ex.text.split()) + [None, ex.target] for ex in logic],
+                                  "level": "token"},
+        "formula depth": {"texts": texts, "labels": [ex.meta["depth"] for ex in logic], "level": "sentence", "pooling": "mean"},
+        "subformula values": {"texts": texts, "labels": [subformula_labels(ex) + [None, None] for ex in logic], "level": "token"},
+        "subject number": {"texts": a_texts, "labels": a_words, "level": "token"},
+    }, logic
+
+
+def run(ctx: StudyContext) -> None:
+    cfg = ctx.config
+    tasks, logic = datasets(cfg)
+    for name in cfg["models"]:
+        try:
+            model = trilens.load(name)
+        except ModelLoadError as err:
+            ctx.say(f"## {name}: skipped ({err})")
+            ctx.metric(name, {"skipped": str(err)})
+            continue
+        n_layers = model.n_layers["encoder"]
+        ctx.say(f"## {name} ({n_layers} layers; layer 0 = embeddings), logistic probes, {cfg['cv']}-fold CV grouped "
+                "by text, control task per word type (Hewitt & Liang)")
+        ctx.say("")
+        ctx.say(f"  {'property':<24}{'chance':>7}  accuracy per layer" + " " * max(0, 7 * (n_layers + 1) - 18)
+                + f"{'best':>6}{'sel.':>7}")
+        results, features = {}, {}
+        for task, spec in tasks.items():
+            feat = features_from_model(model, spec["texts"], spec["labels"], level=spec["level"],
+                                       pooling=spec.get("pooling", "mean"), batch_size=cfg["batch_size"], progress=ctx.progress)
+            features[task] = feat
+            res = evaluate_features(feat, cv=cfg["cv"], seed=cfg["seed"])
+            frame = res.layer_metrics()
+            best = res.best_layer()
+            results[task] = {"n": feat.n, "majority": round(res.info["majority"], 4),
+                             "accuracy_by_layer": [round(v, 4) for v in frame["task_mean"]],
+                             "std_by_layer": [round(v, 4) for v in frame["task_std"]],
+                             "control_by_layer": [round(v, 4) for v in frame["control_mean"]],
+                             "selectivity_by_layer": [round(v, 4) for v in frame["selectivity"]],
+                             "best_layer": best, "first_layer_within_2_points_of_best": int(
+                                 next(k for k, v in enumerate(frame["task_mean"]) if v >= frame["task_mean"].max() - 0.02))}
+            ctx.say(f"  {task:<24}{res.info['majority']:>7.2f}  " + "".join(f"{v:>7.2f}" for v in frame["task_mean"])
+                    + f"{best:>6}{frame['selectivity'][best]:>7.2f}")
+            ctx.figure(f"{name[4:]}_{task.replace(' ', '_').replace('(', '').replace(')', '').replace('[', '').replace(']', '')}",
+                       res.figure(title=f"{name}: probing '{task}' per layer (task vs control, ±1 std over folds)"))
+        # -- cross-probing ---------------------------------------------------------------------------
+        depth = np.array([ex.meta["depth"] for ex in logic])
+        truth = features["truth value (mean)"]
+        shallow, deep = _subset(truth, depth <= 2), _subset(truth, depth >= 3)
+        cross = {
+            "truth value: depth 1-2 -> depth 3-4": cross_probe(shallow, deep),
+            "subformula values -> truth value at [MASK]": cross_probe(features["subformula values"], features["truth value at [MASK]"]),
+            "truth value at [MASK] -> subformula values": cross_probe(features["truth value at [MASK]"], features["subformula values"]),
+        }
+        ctx.say("")
+        ctx.say("  cross-probing (train on one, test on the other), accuracy per layer:")
+        for label, res in cross.items():
+            curve = res.curve()
+            results[f"cross: {label}"] = {"accuracy_by_layer": [round(v, 4) for v in curve], "best_layer": res.best_layer()}
+            ctx.say(f"  {label:<44}" + "".join(f"{v:>7.2f}" for v in curve))
+        ctx.metric(name, results)
+        upper = results["truth value at [MASK]"]["first_layer_within_2_points_of_best"]
+        ctx.say("")
+        ctx.say(f"  The truth value at [MASK] is decoded within 2 points of its best from layer {upper} of {n_layers}"
+                f" (best {max(results['truth value at [MASK]']['accuracy_by_layer']):.2f});"
+                f" in the lower half of the network it reaches "
+                f"{max(results['truth value at [MASK]']['accuracy_by_layer'][: n_layers // 2 + 1]):.2f}.")
+        ctx.say("")
+
+
+def _subset(feat: Any, keep: np.ndarray) -> Any:
+    from trilens.probes import Features
+
+    idx = np.flatnonzero(keep)
+    return Features(x={k: v[:, idx] for k, v in feat.x.items()}, labels=feat.labels[idx], groups=feat.groups[idx],
+                    types=[feat.types[i] for i in idx], info=feat.info)
