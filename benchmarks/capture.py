@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,9 @@ import time
 import warnings
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import peak_rss_mb  # noqa: E402
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +105,7 @@ def store_worker(n_texts: int, seq: int, layers: int, d: int, out: str) -> None:
     trilens.capture_dataset(model, texts, "resid_post", out, batch_size=8, texts_per_shard=128,
                             dtype="float16", progress=False)
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"tokens": n_texts * seq, "seconds": seconds, "peak_rss_mb": rss}))
 
 

@@ -19,7 +19,7 @@ def test_demo_shows_each_zoo_model_and_its_answer_per_layer():
     for name, arch in (("gpt", "GPT2LMHeadModel"), ("bert", "BertForMaskedLM"), ("t5", "T5ForConditionalGeneration")):
         assert f"zoo:{name} — {arch}" in text
     # the logit lens's last layer is the model itself: both models answer this held-out formula correctly
-    assert text.count(f"is top-1 from layer") == 2
+    assert text.count("is top-1 from layer") == 2
     probs = [line.split()[1:] for line in text.splitlines() if line.strip().startswith(f"p({answer})")]
     assert len(probs) == 2 and all(float(p[-1]) > 0.5 for p in probs)
     # the decoder lens reading the last encoder layer reproduces the model's answer and the reversal

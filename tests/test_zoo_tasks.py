@@ -109,3 +109,21 @@ def test_length_grouped_micro_batches_give_the_whole_batch_gradient(name):
     for n, p in model.named_parameters():
         if n in whole and "attention.self.key.bias" not in n:  # key biases have no gradient (softmax shift), only noise
             torch.testing.assert_close(p.grad, whole[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_training_is_deterministic_for_a_seed():
+    """Same recipe + seed -> the same weights, bit for bit (the basis of 'the card is reproducible')."""
+    import torch
+
+    from trilens.zoo.recipes import RECIPES, Recipe
+    from trilens.zoo.train import train
+
+    small = dict(n_layer=1, n_embd=16, n_head=2, n_inner=32)
+    recipe = Recipe(**{**RECIPES["gpt"].to_dict(), "config": {**RECIPES["gpt"].config, **small}, "pool": 60,
+                       "steps": 6, "warmup": 2, "batch_size": 8})
+    first, _, h1 = train(recipe, progress=False)
+    second, _, h2 = train(recipe, progress=False)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    other, _, _ = train(Recipe(**{**recipe.to_dict(), "seed": 1}), progress=False)
+    assert not torch.equal(other.state_dict()["transformer.wte.weight"], first.state_dict()["transformer.wte.weight"])

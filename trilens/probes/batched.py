@@ -1,9 +1,8 @@
-"""Multinomial logistic regression for many layers at once: one batched L-BFGS over ``[layer, example, dim]``.
+"""Probes for every layer at once: multinomial logistic regression and ridge over ``[layer, example, dim]``.
 
-Each layer's problem is independent (its own weights, history, step size and convergence test);
-only the tensor work is shared, so all layers cost about as much as one large matrix product per
-iteration. The objective is scikit-learn's: ``C * sum(cross-entropy) + 0.5 * ||W||^2`` (the
-intercept is not penalised), divided by the number of examples.
+The logistic objective is scikit-learn's: ``C * sum(cross-entropy) + 0.5 * ||W||^2`` (the intercept
+is not penalised), divided by the number of examples; ridge is solved in closed form for all layers
+in one batched solve.
 """
 
 from __future__ import annotations
@@ -49,106 +48,45 @@ def fit_layers(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, C: float = 1
                dtype: torch.dtype = torch.float32) -> LayerLogistic:
     """Fit one multinomial logistic regression per layer of ``x [layer, n, dim]`` to labels ``y [n]`` (0..n_classes-1).
 
+    Each layer runs torch's L-BFGS (strong-Wolfe line search) on its own standardised features; the
+    data are standardised once for all layers. A layer stops when its gradient's max-norm is below
+    ``tol`` (scikit-learn's criterion), so converged layers cost nothing more.
+
     Args:
         C: inverse regularisation strength, as in scikit-learn's ``LogisticRegression``.
-        tol: a layer stops when its gradient's max-norm falls below ``tol`` (scikit-learn's ``pgtol``).
         history: L-BFGS memory.
     """
     x = x.to(dtype)
     n_layers, n, dim = x.shape
     mean, scale = standardiser(x, standardize)
-    z = (x - mean[:, None]) / scale[:, None]
     onehot = torch.nn.functional.one_hot(y.long(), n_classes).to(dtype)
     lam = 1.0 / (C * n)
-    n_w = dim * n_classes
-
-    def loss_and_grad(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = theta[:, :n_w].view(n_layers, dim, n_classes)
-        b = theta[:, n_w:]
-        logits = torch.baddbmm(b[:, None], z, w)
-        logp = logits.log_softmax(-1)
-        loss = -(onehot * logp).sum((1, 2)) / n + 0.5 * lam * (w * w).sum((1, 2))
-        resid = (logp.exp() - onehot) / n  # d loss / d logits
-        gw = torch.bmm(z.transpose(1, 2), resid) + lam * w
-        return loss, torch.cat([gw.reshape(n_layers, n_w), resid.sum(1)], dim=1)
-
-    def losses_only(theta: torch.Tensor) -> torch.Tensor:
-        w = theta[:, :n_w].view(n_layers, dim, n_classes)
-        logp = torch.baddbmm(theta[:, None, n_w:], z, w).log_softmax(-1)
-        return -(onehot * logp).sum((1, 2)) / n + 0.5 * lam * (w * w).sum((1, 2))
-
-    theta = torch.zeros(n_layers, n_w + n_classes, dtype=dtype)
-    loss, grad = loss_and_grad(theta)
-    s_hist: list[torch.Tensor] = []
-    y_hist: list[torch.Tensor] = []
-    active = torch.ones(n_layers, dtype=torch.bool)
+    weights = torch.zeros(n_layers, dim, n_classes, dtype=dtype)
+    biases = torch.zeros(n_layers, n_classes, dtype=dtype)
     n_iter = torch.zeros(n_layers, dtype=torch.long)
-    for it in range(max_iter):
-        active &= grad.abs().amax(1) > tol
-        if not bool(active.any()):
-            break
-        n_iter += active.long()
-        direction = _two_loop(grad, s_hist, y_hist)
-        if not s_hist:  # first step: unit length, as scipy's L-BFGS-B does
-            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        slope = (grad * direction).sum(1)
-        bad = slope >= 0  # not a descent direction (stale history): fall back to steepest descent
-        if bool(bad.any()):
-            direction[bad] = -grad[bad]
-            slope = (grad * direction).sum(1)
-        step = torch.ones(n_layers, dtype=dtype)
-        accepted = ~active
-        new_loss = loss.clone()
-        for _ in range(30):  # backtracking (Armijo) line search, per layer
-            trial = losses_only(theta + step[:, None] * direction)
-            ok = (trial <= loss + 1e-4 * step * slope) & ~accepted
-            new_loss = torch.where(ok, trial, new_loss)
-            accepted |= ok
-            if bool(accepted.all()):
-                break
-            step = torch.where(accepted, step, step * 0.5)
-        moved = accepted & active
-        step = torch.where(moved, step, torch.zeros_like(step))
-        new_theta = theta + step[:, None] * direction
-        _, new_grad = loss_and_grad(new_theta)
-        s, yv = new_theta - theta, new_grad - grad
-        curvature = (s * yv).sum(1)
-        keep = moved & (curvature > 1e-10)
-        # layers that did not move (converged or stuck) keep their history unchanged: zero pair, skipped below
-        s_hist.append(torch.where(keep[:, None], s, torch.zeros_like(s)))
-        y_hist.append(torch.where(keep[:, None], yv, torch.zeros_like(yv)))
-        if len(s_hist) > history:
-            s_hist.pop(0)
-            y_hist.pop(0)
-        stalled = active & ~moved
-        active &= ~stalled
-        theta, loss, grad = torch.where(moved[:, None], new_theta, theta), torch.where(moved, new_loss, loss), \
-            torch.where(moved[:, None], new_grad, grad)
-    return LayerLogistic(weight=theta[:, :n_w].view(n_layers, dim, n_classes).clone(), bias=theta[:, n_w:].clone(),
-                         mean=mean, scale=scale, n_iter=n_iter)
+    for layer in range(n_layers):
+        # Standardisation is folded into the weights (z = (x - m) / s never materialises): one pass over
+        # the data per matrix product is the whole cost of an evaluation, so copies matter.
+        xl, m, s = x[layer], mean[layer], scale[layer]
+        xt = xl.T.contiguous()  # the gradient reads x transposed: 3-4x faster from a contiguous copy
+        w = torch.zeros(dim, n_classes, dtype=dtype)
+        b = torch.zeros(n_classes, dtype=dtype)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, max_eval=max_iter * 2, tolerance_grad=tol,
+                                tolerance_change=1e-12, history_size=history, line_search_fn="strong_wolfe")
 
+        def closure() -> torch.Tensor:
+            # loss and gradient by hand: two matrix products per evaluation, no autograd graph
+            w_raw = w / s[:, None]
+            logp = torch.addmm(b - m @ w_raw, xl, w_raw).log_softmax(-1)
+            resid = (logp.exp() - onehot) / n
+            w.grad = (xt @ resid - m[:, None] * resid.sum(0)) / s[:, None] + lam * w
+            b.grad = resid.sum(0)
+            return -(onehot * logp).sum() / n + 0.5 * lam * (w * w).sum()
 
-def _two_loop(grad: torch.Tensor, s_hist: list[torch.Tensor], y_hist: list[torch.Tensor]) -> torch.Tensor:
-    """L-BFGS direction ``-H grad`` per layer; pairs with zero curvature (skipped updates) are ignored."""
-    q = grad.clone()
-    alphas = []
-    rhos = []
-    for s, yv in zip(reversed(s_hist), reversed(y_hist)):
-        sy = (s * yv).sum(1)
-        rho = torch.where(sy > 0, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        a = rho * (s * q).sum(1)
-        q = q - a[:, None] * yv
-        alphas.append(a)
-        rhos.append(rho)
-    if s_hist:
-        s, yv = s_hist[-1], y_hist[-1]
-        sy, yy = (s * yv).sum(1), (yv * yv).sum(1)
-        gamma = torch.where((sy > 0) & (yy > 0), sy / yy.clamp_min(1e-30), torch.ones_like(sy))
-        q = q * gamma[:, None]
-    for (s, yv), a, rho in zip(zip(s_hist, y_hist), reversed(alphas), reversed(rhos)):
-        b = rho * (yv * q).sum(1)
-        q = q + (a - b)[:, None] * s
-    return -q
+        opt.step(closure)
+        weights[layer], biases[layer] = w, b
+        n_iter[layer] = opt.state[opt._params[0]].get("n_iter", 0)
+    return LayerLogistic(weight=weights, bias=biases, mean=mean, scale=scale, n_iter=n_iter)
 
 
 @dataclass

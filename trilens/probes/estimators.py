@@ -53,7 +53,7 @@ class LogisticProbe(_Classifier):
     """Multinomial logistic regression (L2, L-BFGS) on standardised features — the default probe.
 
     Same objective as scikit-learn's ``LogisticRegression(C=C)``; it is the one-layer case of the
-    batched trainer that ``probe_layers`` uses for every layer at once.
+    trainer that ``probe_layers`` uses for every layer.
     """
 
     def __init__(self, C: float = 1.0, max_iter: int = 200, tol: float = 1e-4, standardize: bool = True):

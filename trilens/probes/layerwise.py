@@ -1,7 +1,8 @@
 """``probe_layers``: a probe per layer of every stack, with folds, a control task and cross-probing.
 
-The default logistic and ridge probes train all layers of a stack in one batched computation per
-fold (see ``batched.py``); any scikit-learn estimator is cloned and looped over the layers instead.
+The default logistic probe fits every layer with torch's L-BFGS on scikit-learn's objective and ridge
+solves all layers in one batched solve (see ``batched.py``); any scikit-learn estimator is cloned
+and looped over the layers instead.
 Folds group examples by text, so the words of one sentence never sit on both sides of a split.
 """
 
