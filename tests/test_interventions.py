@@ -66,10 +66,12 @@ def test_zero_ablating_heads_matches_a_manual_projection(tiny):
 
 def test_mean_ablation_uses_the_batch_mean_or_the_given_mean(tiny):
     model = tiny("t5")
-    pairs = [("x y z", "z y x"), ("the cat sat", "sat cat")]
+    pairs = [("x y z", "z y x"), ("the cat sat on the mat", "sat cat")]  # different lengths: padding
     z = model.site("z", 0, "encoder")
     cache = model.trace(pairs, sites=z)
-    mean = cache[z].mean(dim=(0, 1))
+    real = cache.mask("encoder")
+    assert not real.all()
+    mean = cache[z][real].mean(dim=0)  # over real tokens only: padding must not pull the mean
     ablated = model.trace(pairs, sites=z, interventions=[AblateHeads(layer=0, units=[1], stack="encoder", mode="mean")])
     torch.testing.assert_close(ablated[z][:, :, 1], mean[1].expand_as(ablated[z][:, :, 1]), **ATOL)
     given = torch.ones(4, 8)
@@ -122,3 +124,14 @@ def test_bad_interventions_raise_and_remove_hooks(tiny):
         model.run(CLEAN, interventions=[Hook(post, boom)])
     _no_hooks_left(model)
     torch.testing.assert_close(model.run(CLEAN), model.run(CLEAN))
+
+
+def test_patch_from_a_source_in_a_chunked_trace_takes_each_chunks_own_rows(tiny):
+    model = tiny("gpt2")
+    texts = ["the cat sat on the mat", "a dog ran", "the key to the cabinets is"]
+    site = model.site("resid_post", 0)
+    source = model.trace(["a b c d e f", "f e d c b a", "c c c c c c"], sites=site)
+    last = model.site("resid_post", -1)
+    whole = model.trace(texts, sites=last, interventions=[Patch(site, source=source, positions=[0, 1])])
+    chunked = model.trace(texts, sites=last, interventions=[Patch(site, source=source, positions=[0, 1])], batch_size=1)
+    torch.testing.assert_close(chunked[last], whole[last], **ATOL)

@@ -26,6 +26,8 @@ class RunState:
     """What hooks need to know about the run in progress."""
 
     offsets: dict[str, int] = field(default_factory=dict)  # stack -> absolute position of this forward's first token
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # stack -> [batch, pos] real tokens of this forward
+    rows: slice | None = None  # the rows of the whole input that this forward runs (a chunked trace)
 
     def offset(self, stack: str | None) -> int:
         return self.offsets.get(stack or "", 0)
@@ -39,14 +41,15 @@ class Intervention:
     def hooks(self, model: Model, state: RunState) -> list[tuple[str, Callable]]:
         site = model.site_index.site(self.site)
         axis = 2 if site.kind in PATTERN_KINDS else 1
-        prepared = self.prepare(model)
+        prepared = self.prepare(model, state, site)
 
         def fn(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
             return self.edit(x.clone(), axis, state.offset(site.stack), prepared)
 
         return [(self.site, fn)]
 
-    def prepare(self, model: Model) -> Any:
+    def prepare(self, model: Model, state: RunState, site: Any) -> Any:
+        """Per-run preparation (once per forward's hooks); its result is passed to ``edit``."""
         return None
 
     def edit(self, x: torch.Tensor, axis: int, offset: int, prepared: Any) -> torch.Tensor:
@@ -87,10 +90,15 @@ class Patch(Intervention):
     source: ActivationCache | None = None
     positions: int | Sequence[int] | None = None
 
-    def prepare(self, model: Model) -> Any:
+    def prepare(self, model: Model, state: RunState, site: Any) -> Any:
         if (self.value is None) == (self.source is None):
             raise InputError("Patch needs exactly one of value= or source=.")
-        return torch.as_tensor(self.source[self.site] if self.source is not None else self.value)
+        if self.value is not None:
+            return torch.as_tensor(self.value)
+        value = self.source[self.site]
+        if state.rows is not None and value.shape[0] > 1:  # a chunk of a batched trace: its own rows of the source
+            value = value[state.rows]
+        return value
 
     def edit(self, x, axis, offset, value):
         positions = _positions(self.positions)
@@ -146,15 +154,23 @@ class _Ablate(Intervention):
         self.site = model.site(self.kind, self.layer, self.stack)
         return super().hooks(model, state)
 
-    def edit(self, x, axis, offset, prepared):
+    def prepare(self, model, state, site):
+        return state.masks.get(site.stack or "")
+
+    def edit(self, x, axis, offset, mask):
         dim = 2 if self.kind.endswith("z") else x.dim() - 1  # z: [batch, pos, head, d_head]
         units = torch.tensor(list(self.units), device=x.device)
         if units.numel() == 0 or int(units.max()) >= x.shape[dim] or int(units.min()) < 0:
             raise InputError(f"{self.site} has {x.shape[dim]} units on the ablated axis; got {list(self.units)}.")
         if self.mode == "zero":
             return x.index_fill(dim, units, 0.0)
-        mean = self.mean if self.mean is not None else x.mean(dim=(0, 1))  # over batch and positions
-        mean = torch.as_tensor(mean).to(x.device, x.dtype)
+        if self.mean is not None:
+            mean = torch.as_tensor(self.mean).to(x.device, x.dtype)
+        elif mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):  # over real tokens only, not padding
+            w = mask.to(x.device, x.dtype).view(*mask.shape, *[1] * (x.dim() - 2))
+            mean = (x * w).sum(dim=(0, 1)) / w.sum().clamp_min(1)
+        else:
+            mean = x.mean(dim=(0, 1))  # over batch and positions
         picked = mean.index_select(dim - 2, units) if mean.dim() > dim - 2 else mean
         return x.index_copy(dim, units, torch.broadcast_to(picked, x.index_select(dim, units).shape).contiguous())
 

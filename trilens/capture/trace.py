@@ -109,7 +109,8 @@ def trace(
         rows = slice(start, min(n, start + step))
         sub = _slice(batch, rows)
         store: dict[str, torch.Tensor] = {}
-        hooks = intervention_hooks(model, interventions, RunState())
+        state = RunState(masks={s: m[rows] for s, m in batch.masks.items()}, rows=rows if step < n else None)
+        hooks = intervention_hooks(model, interventions, state)
         for name in names:
             site = model.site_index.site(name)
             idx = index.get(site.stack)
@@ -153,5 +154,5 @@ def run(model: Model, inputs: Any, *, interventions: Sequence[Intervention] = ()
     batch = model.encode(inputs, truncate=truncate).to(model.device)
     if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
         raise InputError("an encoder-decoder run needs targets for its logits: pass (source, target) pairs.")
-    with torch.no_grad(), model.hooks(intervention_hooks(model, interventions, RunState())):
+    with torch.no_grad(), model.hooks(intervention_hooks(model, interventions, RunState(masks=dict(batch.masks)))):
         return model.hf_model(**batch.forward_kwargs()).logits
