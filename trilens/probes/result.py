@@ -44,7 +44,9 @@ class ProbeResult:
         wide = wide.reset_index()
         if "control_mean" in wide:
             wide["selectivity"] = wide["task_mean"] - wide["control_mean"]
-        return wide.fillna({c: 0.0 for c in wide.columns if c.endswith("_std")})
+        order = [c for c in ("stack", "layer", "task_mean", "task_std", "control_mean", "control_std", "selectivity")
+                 if c in wide]
+        return wide[order].fillna({c: 0.0 for c in order if c.endswith("_std")})
 
     def best_layer(self, stack: str | None = None) -> int:
         """The layer with the highest mean task score (the first, on ties)."""
