@@ -183,3 +183,19 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_zoo_text(name):
     assert (tuned <= logit + 1e-6).all(), (tuned, logit)
     assert tuned[1:-1].mean() < 0.7 * logit[1:-1].mean()  # a real gain in the middle layers, not a tie
     assert abs(logit[-1]) < 1e-5 and abs(tuned[-1]) < 1e-5  # the last layer of either lens is the model itself
+
+
+def test_lens_at_answers_reads_the_answer_slot(tiny):
+    from trilens.lens import lens_at_answers
+
+    model = tiny("bert")
+    texts = ["the cat [MASK] on the mat", "a [MASK] ran"]
+    at = lens_at_answers(model, texts, ["sat", "dog"])
+    full = logit_lens(model, texts, targets=torch.tensor([[-1, -1, -1, model.tokenizer.convert_tokens_to_ids("sat")] + [-1] * 4,
+                                                          [-1, -1, model.tokenizer.convert_tokens_to_ids("dog")] + [-1] * 5]))
+    ce = full.metrics["cross_entropy"]
+    torch.testing.assert_close(at["cross_entropy"], torch.stack([ce[:, 0, 3], ce[:, 1, 2]], dim=1))
+    with pytest.raises(InputError, match="text 1 has no \\[MASK\\]"):
+        lens_at_answers(model, ["the [MASK] sat", "no slot here"], ["cat", "dog"])
+    with pytest.raises(InputError, match="1 answers for 2 texts"):
+        lens_at_answers(model, texts, ["sat"])

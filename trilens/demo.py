@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-import torch
 
 REVERSE = "a b c d e f g h"
 
@@ -38,14 +37,10 @@ def _card_line(name: str) -> str:
 
 def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> None:
     """Logit lens at the answer's slot: the answer's probability and the top token of every layer."""
-    from .lens import logit_lens
+    from .lens import lens_at_answers
 
     tok = model.tokenizer
-    batch = model.encode([text])
-    pos = (batch.attention_mask.sum(1) - 1) if model.family == "decoder" else (batch.input_ids == tok.mask_token_id).int().argmax(1)
-    targets = torch.full_like(batch.input_ids, -1)
-    targets[0, pos] = tok.convert_tokens_to_ids(answer)
-    at = logit_lens(model, [text], targets=targets).at(pos)
+    at = lens_at_answers(model, [text], [answer])
     probs = (-at["cross_entropy"][:, 0]).exp().tolist()
     tops = tok.convert_ids_to_tokens(at["top_id"][:, 0].tolist())
     print(f"  {text!r} -> {answer}: logit lens at the answer's slot", file=out)

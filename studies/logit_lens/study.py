@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import trilens
-from trilens.lens import TunedLens, logit_lens, run_lens
+from trilens.lens import TunedLens, lens_at_answers, logit_lens, run_lens
 from trilens.study import StudyContext
 from trilens.zoo import tasks as T
 from trilens.lens.result import settled_layer
@@ -53,23 +53,12 @@ def example_sets(model_name: str, cfg: dict[str, Any], split: str) -> dict[str, 
 def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str, torch.Tensor]:
     """Per layer and example: whether the answer is top-1, whether it beats its alternative (T vs F,
     she vs he, has vs have), its probability; and the layers from which each holds to the end."""
-    tok = model.tokenizer
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(exs), batch_size):
         chunk = exs[start:start + batch_size]
         texts = [_prompt(model, ex) for ex in chunk]
-        batch = model.encode(texts)
-        if model.family == "decoder":
-            pos = batch.attention_mask.sum(1) - 1  # right padding: the last real token predicts the answer
-        else:
-            pos = (batch.input_ids == tok.mask_token_id).int().argmax(1)
-        rows = torch.arange(len(chunk))
-        found = {}
-        for which, words in (("right", [contrast(ex)[0] for ex in chunk]), ("wrong", [contrast(ex)[1] for ex in chunk])):
-            targets = torch.full_like(batch.input_ids, -1)
-            targets[rows, pos] = torch.tensor(tok.convert_tokens_to_ids(words))
-            found[which] = logit_lens(model, texts, targets=targets).at(pos)
-        right, wrong = found["right"], found["wrong"]
+        right = lens_at_answers(model, texts, [contrast(ex)[0] for ex in chunk])
+        wrong = lens_at_answers(model, texts, [contrast(ex)[1] for ex in chunk])
         beats = right["cross_entropy"] < wrong["cross_entropy"]
         parts.append({"top1": right["target_rank"] == 0, "beats": beats, "prob": (-right["cross_entropy"]).exp(),
                       "settled_top1": right["settled"], "settled_beats": settled_layer(beats)})

@@ -2,9 +2,9 @@
 
 from .decoder import decoder_lens, encoder_memories
 from .decoder_result import DecoderLensResult
-from .logit import Lens, LogitLens, logit_lens, run_lens
+from .logit import Lens, LogitLens, lens_at_answers, logit_lens, run_lens
 from .result import LensResult
 from .tuned import TunedLens
 from .unembed import Unembed
 
-__all__ = ["decoder_lens", "encoder_memories", "DecoderLensResult", "Lens", "LogitLens", "TunedLens", "Unembed", "LensResult", "logit_lens", "run_lens"]
+__all__ = ["decoder_lens", "encoder_memories", "DecoderLensResult", "Lens", "LogitLens", "TunedLens", "Unembed", "LensResult", "logit_lens", "run_lens", "lens_at_answers"]

@@ -125,4 +125,28 @@ def logit_lens(model: Model, inputs: Any, *, stack: str | None = None, targets: 
     return run_lens(model, inputs, None, stack=stack, targets=targets, positions=positions, k=k, truncate=truncate)
 
 
-__all__: Sequence[str] = ["Lens", "LogitLens", "logit_lens", "run_lens", "lens_states"]
+def lens_at_answers(model: Model, texts: Sequence[str], answers: Sequence[str], lens: Lens | None = None) -> dict[str, torch.Tensor]:
+    """``lens`` (default: logit lens) at each text's answer slot, scored against its answer token.
+
+    The slot is the last token for a decoder-only model (it predicts the answer) and the ``[MASK]``
+    for an encoder; returns ``LensResult.at`` there: metrics ``[layer, text]``, top-1, settled layer.
+    """
+    if model.family == "encoder-decoder":
+        raise InputError("answer slots are for decoder-only and encoder models; use the decoder lens for encoder-decoders.")
+    if len(answers) != len(texts):
+        raise InputError(f"{len(answers)} answers for {len(texts)} texts: give one answer token per text.")
+    tok = model.tokenizer
+    batch = model.encode(list(texts))
+    if model.family == "decoder":
+        pos = batch.attention_mask.sum(1) - 1  # right padding: the last real token
+    else:
+        is_mask = batch.input_ids == tok.mask_token_id
+        if not bool(is_mask.any(1).all()):
+            raise InputError(f"text {int((~is_mask.any(1)).nonzero()[0])} has no {tok.mask_token}: mark the answer's slot.")
+        pos = is_mask.int().argmax(1)
+    targets = torch.full_like(batch.input_ids, -1)
+    targets[torch.arange(len(texts)), pos] = torch.tensor(tok.convert_tokens_to_ids(list(answers)))
+    return run_lens(model, list(texts), lens, targets=targets).at(pos)
+
+
+__all__: Sequence[str] = ["Lens", "LogitLens", "logit_lens", "run_lens", "lens_states", "lens_at_answers"]
