@@ -1,6 +1,8 @@
 """Layerwise probes: planted signals are found at their layer, controls stay at chance, the batched trainer
 matches scikit-learn, store-based probing equals in-memory probing, and bad labels are refused."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,41 @@ def test_store_based_probing_equals_in_memory_probing(tiny, tmp_path):
         np.testing.assert_allclose(a["task_mean"], b["task_mean"], atol=1e-9)
     with pytest.raises(InputError, match="labels for a store of 60 texts"):
         features_from_store(store, labels[:5], progress=False)
+
+
+def test_probing_features_kept_on_disk_equals_probing_in_memory(tiny, tmp_path):
+    import gc
+
+    from trilens.capture.dataset import capture_dataset
+    from trilens.probes.rows import ChunkedRows
+
+    model = tiny("gpt2")
+    texts, labels, words = _sentences(60, seed=4)
+    store = capture_dataset(model, texts, ["resid"], tmp_path / "store", batch_size=8, texts_per_shard=16, progress=False)
+    kw = {"level": "token", "texts": texts, "tokenizer": model.tokenizer, "progress": False}
+    mem = features_from_store(store, words, **kw)
+    disk = features_from_store(store, words, on_disk=tmp_path / "feat", **kw)
+    layers = disk.x["decoder"]
+    assert all(isinstance(r, ChunkedRows) for r in layers) and len(layers) == mem.x["decoder"].shape[0]
+    assert sorted(p.name for p in (tmp_path / "feat").iterdir())[:2] == ["decoder-0.f32", "decoder-1.f32"]
+    torch.testing.assert_close(layers[2].take(np.arange(disk.n)), mem.x["decoder"][2])
+    a, b = evaluate_features(mem, cv=3).layer_metrics(), evaluate_features(disk, cv=3).layer_metrics()
+    np.testing.assert_allclose(b["task_mean"], a["task_mean"], atol=0.02)  # the same objective, solved on other rows
+    np.testing.assert_allclose(b["control_mean"], a["control_mean"], atol=0.02)
+    ridge_mem = evaluate_features(mem, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
+    ridge_disk = evaluate_features(disk, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
+    np.testing.assert_allclose(ridge_disk["task_mean"], ridge_mem["task_mean"], atol=1e-9)  # loaded layer by layer
+    cross = cross_probe(disk, mem).layer_metrics()["task_mean"].to_numpy()
+    assert cross.max() > 0.9  # trained on every word, scored on the same words
+    temp = features_from_store(store, labels, on_disk=True, progress=False)
+    folder = temp.info["on_disk"]
+    res = probe_layers(temp, cv=3)
+    assert res.layer_metrics()["task_mean"].notna().all()
+    del temp, res
+    gc.collect()
+    assert not os.path.exists(folder)  # the temporary folder goes with its Features
+    with pytest.raises(InputError, match="on_disk= applies to probing from an ActivationStore"):
+        probe_layers(model, texts, labels, on_disk=True, progress=False)
 
 
 def test_cross_probing_between_data_sets():

@@ -7,9 +7,14 @@ in one batched solve.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+
+from .rows import ChunkedRows, Rows
+from .solver import LogisticFit, fit_logistic
 
 
 @dataclass
@@ -22,10 +27,20 @@ class LayerLogistic:
     scale: torch.Tensor
     n_iter: torch.Tensor  # [layer] iterations until convergence
 
+    def _raw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights and intercepts on the raw (unstandardised) features."""
+        raw = self.weight / self.scale[..., None]
+        return raw, self.bias - torch.einsum("ld,ldk->lk", self.mean, raw)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``x [layer, n, dim]`` -> logits ``[layer, n, class]``."""
-        z = (x.to(self.weight.dtype) - self.mean[:, None]) / self.scale[:, None]
-        return torch.baddbmm(self.bias[:, None], z, self.weight)
+        raw, bias = self._raw()
+        return torch.baddbmm(bias[:, None], x.to(raw.dtype), raw)
+
+    def logits_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
+        """Logits ``[n, class]`` of one layer's rows, in one pass (rows read in chunks stay on disk)."""
+        raw, bias = self._raw()
+        return rows.matmul(raw[layer]) + bias[layer]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).argmax(-1)
@@ -43,60 +58,43 @@ def standardiser(x: torch.Tensor, standardize: bool = True) -> tuple[torch.Tenso
     return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
 
 
-def _lbfgs(xl: torch.Tensor, xt: torch.Tensor, onehot: torch.Tensor, m: torch.Tensor, s: torch.Tensor, lam: float,
-           w: torch.Tensor, b: torch.Tensor, *, tol: float, max_iter: int, history: int) -> int:
-    """Minimise mean cross-entropy + lam/2 ||w||^2 over (w, b) in place, on features ``(xl - m) / s``; -> iterations.
+def fit_layers(x: torch.Tensor | Sequence[Rows | ChunkedRows], y: torch.Tensor, n_classes: int, *, C: float = 1.0,
+               weight: torch.Tensor | None = None, max_iter: int = 200, tol: float = 1e-4, history: int = 10,
+               standardize: bool = True, workers: int | None = None) -> LayerLogistic:
+    """Fit one multinomial logistic regression per layer of ``x [layer, n, dim]`` (or one ``Rows`` /
+    ``ChunkedRows`` per layer) to labels ``y [n]`` (0..n_classes-1), scikit-learn's objective.
 
-    The scaling is folded into the weights (the standardised copy never materialises) and the
-    gradient is written by hand: an evaluation is two matrix products, each one pass over the data.
-    """
-    n = xl.shape[0]
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, max_eval=max_iter * 2, tolerance_grad=tol,
-                            tolerance_change=1e-12, history_size=history, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        w_raw = w / s[:, None]
-        logp = torch.addmm(b - m @ w_raw, xl, w_raw).log_softmax(-1)
-        resid = (logp.exp() - onehot) / n
-        w.grad = (xt @ resid - m[:, None] * resid.sum(0)) / s[:, None] + lam * w
-        b.grad = resid.sum(0)
-        return -(onehot * logp).sum() / n + 0.5 * lam * (w * w).sum()
-
-    opt.step(closure)
-    return int(opt.state[opt._params[0]].get("n_iter", 0))
-
-
-def fit_layers(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, C: float = 1.0, max_iter: int = 200,
-               tol: float = 1e-4, history: int = 10, standardize: bool = True,
-               dtype: torch.dtype = torch.float32) -> LayerLogistic:
-    """Fit one multinomial logistic regression per layer of ``x [layer, n, dim]`` to labels ``y [n]`` (0..n_classes-1).
-
-    Each layer runs torch's L-BFGS (strong-Wolfe line search); a layer stops when its gradient's
+    Each layer runs the pass-counting L-BFGS of ``solver.py`` and stops when its gradient's
     max-norm is below ``tol`` (scikit-learn's criterion), so converged layers cost nothing more.
-    (A warm start on a quarter of the examples was tried: it saved no time, the full problem still
-    needed about as many iterations.)
+    Layers run side by side on ``workers`` threads (default: torch's thread count), each with
+    single-threaded products: the products are memory-bound, and two layers streaming at once read
+    more per second than one layer's product split over two threads.
 
     Args:
         C: inverse regularisation strength, as in scikit-learn's ``LogisticRegression``.
+        weight: per-example weights ``[n]`` (0 leaves an example out).
         history: L-BFGS memory.
     """
-    x = x.to(dtype)
-    n_layers, n, dim = x.shape
-    mean, scale = standardiser(x, standardize)
-    onehot = torch.nn.functional.one_hot(y.long(), n_classes).to(dtype)
-    lam = 1.0 / (C * n)
-    weights = torch.zeros(n_layers, dim, n_classes, dtype=dtype)
-    biases = torch.zeros(n_layers, n_classes, dtype=dtype)
-    n_iter = torch.zeros(n_layers, dtype=torch.long)
-    for layer in range(n_layers):
-        xl, m, s = x[layer], mean[layer], scale[layer]
-        w = torch.zeros(dim, n_classes, dtype=dtype)
-        b = torch.zeros(n_classes, dtype=dtype)
-        # the gradient reads x transposed: 3-4x faster from a contiguous copy
-        n_iter[layer] = _lbfgs(xl, xl.T.contiguous(), onehot, m, s, lam, w, b, tol=tol, max_iter=max_iter,
-                                history=history)
-        weights[layer], biases[layer] = w, b
-    return LayerLogistic(weight=weights, bias=biases, mean=mean, scale=scale, n_iter=n_iter)
+    layers = [Rows(x[k]) for k in range(x.shape[0])] if isinstance(x, torch.Tensor) else list(x)
+    workers = min(workers or torch.get_num_threads(), len(layers))
+
+    def fit(rows: Rows | ChunkedRows) -> LogisticFit:
+        return fit_logistic(rows, y, n_classes, C=C, weight=weight, max_iter=max_iter, tol=tol, history=history,
+                            standardize=standardize)
+
+    if workers <= 1:
+        fits = [fit(rows) for rows in layers]
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # process-wide in torch; restored below
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                fits = list(pool.map(fit, layers))
+        finally:
+            torch.set_num_threads(threads)
+    return LayerLogistic(weight=torch.stack([f.weight for f in fits]), bias=torch.stack([f.bias for f in fits]),
+                         mean=torch.stack([f.mean for f in fits]), scale=torch.stack([f.scale for f in fits]),
+                         n_iter=torch.tensor([f.n_iter for f in fits]))
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """``probe_layers``: a probe per layer of every stack, with folds, a control task and cross-probing.
 
-The default logistic probe fits every layer with torch's L-BFGS on scikit-learn's objective and ridge
-solves all layers in one batched solve (see ``batched.py``); any scikit-learn estimator is cloned
-and looped over the layers instead.
+The default logistic probe fits every layer with the L-BFGS of ``solver.py`` on scikit-learn's objective
+(on features in memory, or read in chunks from disk) and ridge solves all layers in one batched solve
+(see ``batched.py``); any scikit-learn estimator is cloned and looped over the layers instead.
 Folds group examples by text, so the words of one sentence never sit on both sides of a split.
 """
 
@@ -20,6 +20,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGro
 from ..errors import InputError
 from .batched import fit_layers, fit_ridge_layers
 from .representations import Features, features_from_model, features_from_store
+from .rows import ChunkedRows, Rows
 from .result import ProbeResult
 
 BUILTIN = ("logistic", "ridge", "mlp")
@@ -96,6 +97,33 @@ def fit_predict_layers(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch
     return np.stack([clone(probe).fit(x_train[k].numpy(), y_train).predict(x_test[k].numpy()) for k in range(x_train.shape[0])])
 
 
+def layer_rows(x: torch.Tensor | list[ChunkedRows]) -> list[Rows | ChunkedRows]:
+    """One ``Rows`` per layer of a ``[layer, n, d]`` tensor, or the per-layer ``ChunkedRows`` as they are."""
+    return [Rows(x[k]) for k in range(x.shape[0])] if isinstance(x, torch.Tensor) else list(x)
+
+
+def fit_predict_rows(train: Sequence[Rows | ChunkedRows], y: np.ndarray, train_index: np.ndarray,
+                     test: Sequence[Rows | ChunkedRows], test_index: np.ndarray, probe: Any, kind: str,
+                     C: float = 1.0, alpha: float = 1.0, constant_ok: bool = False) -> np.ndarray:
+    """``fit_predict_layers`` for features read in chunks -> predictions ``[layer, len(test_index)]``.
+
+    The logistic probe trains on the chunks themselves (the training rows weighted 1, the others 0)
+    and predicts in one pass per layer, so no layer is ever held whole; other probes load one layer's
+    training and test rows at a time.
+    """
+    y_train = y[train_index]
+    if probe == "logistic" and kind == "classification" and len(np.unique(y_train)) >= 2:
+        classes, codes = np.unique(y_train, return_inverse=True)
+        full = np.zeros(len(y), dtype=np.int64)
+        full[train_index] = codes
+        weight = torch.zeros(len(y), dtype=torch.float64)
+        weight[torch.as_tensor(train_index)] = 1.0
+        fitted = fit_layers(list(train), torch.as_tensor(full), len(classes), C=C, weight=weight)
+        return np.stack([classes[fitted.logits_rows(k, rows).argmax(-1).numpy()[test_index]] for k, rows in enumerate(test)])
+    return np.concatenate([fit_predict_layers(a.take(train_index)[None], y_train, b.take(test_index)[None], probe, kind,
+                                              C=C, alpha=alpha, constant_ok=constant_ok) for a, b in zip(train, test)])
+
+
 def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
                       control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0,
                       progress: bool = False) -> ProbeResult:
@@ -112,10 +140,15 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
     rows = []
     for fold, (tr, te) in enumerate(_splits(feat, kind, cv, test_size, seed)):
         for stack, x in feat.x.items():
-            x_tr, x_te = x[:, tr], x[:, te]
             for target, y in targets.items():
-                pred = fit_predict_layers(x_tr, y[tr], x_te, probe, kind, C=C, alpha=alpha, constant_ok=target == "control")
-                for layer in range(x.shape[0]):
+                if isinstance(x, torch.Tensor):
+                    pred = fit_predict_layers(x[:, tr], y[tr], x[:, te], probe, kind, C=C, alpha=alpha,
+                                              constant_ok=target == "control")
+                else:
+                    per_layer = layer_rows(x)
+                    pred = fit_predict_rows(per_layer, y, tr, per_layer, te, probe, kind, C=C, alpha=alpha,
+                                            constant_ok=target == "control")
+                for layer in range(len(pred)):
                     for metric, value in _scores(kind, y[te], pred[layer]).items():
                         rows.append({"stack": stack, "layer": layer, "target": target, "fold": fold, "metric": metric,
                                      "value": value})
@@ -131,7 +164,8 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
                  level: str = "sentence", pooling: str | int = "mean", subword: str = "first",
                  stacks: Sequence[str] | None = None, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
                  control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, batch_size: int = 32,
-                 truncate: bool = False, tokenizer: Any = None, progress: bool = True) -> ProbeResult:
+                 truncate: bool = False, tokenizer: Any = None, on_disk: bool | str = False,
+                 progress: bool = True) -> ProbeResult:
     """How well a probe decodes ``labels`` from every layer of ``source``.
 
     Args:
@@ -146,6 +180,9 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
             or any scikit-learn classifier / regressor.
         cv, test_size: k-fold cross-validation grouped by text, or one grouped train/test split.
         control: also train on Hewitt & Liang control labels and report selectivity.
+        on_disk: (a store source) keep the features in files, not in memory — True for a temporary
+            folder, or a folder — and train the logistic probe on them in chunks: for data sets whose
+            per-layer vectors do not fit in memory (each pass re-reads them).
     """
     if isinstance(source, Features):
         feat = source
@@ -156,8 +193,11 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
 
         if isinstance(source, ActivationStore):
             feat = features_from_store(source, labels, level=level, pooling=pooling, subword=subword, stacks=stacks,
-                                       texts=inputs, tokenizer=tokenizer, progress=progress)
+                                       texts=inputs, tokenizer=tokenizer, on_disk=on_disk, progress=progress)
         else:
+            if on_disk:
+                raise InputError("on_disk= applies to probing from an ActivationStore; capture the texts into a store "
+                                 "first (trilens.capture.dataset.capture_dataset) to probe more than fits in memory.")
             if inputs is None:
                 raise InputError("pass the texts (inputs) to run the model on.")
             feat = features_from_model(source, inputs, labels, level=level, pooling=pooling, subword=subword,
@@ -174,13 +214,17 @@ def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: 
         if stack not in test.x:
             raise InputError(f"the test features have no {stack!r} stack; they have {list(test.x)}.")
         xt = test.x[stack]
-        if xt.shape[0] != x.shape[0] or xt.shape[2] != x.shape[2]:
-            raise InputError(f"cross-probing needs the same layers and width: train {stack} is {tuple(x.shape[::2])} "
-                             f"(layers, d), test is {tuple(xt.shape[::2])}.")
+        a, b = layer_rows(x), layer_rows(xt)
+        if len(a) != len(b) or a[0].dim != b[0].dim:
+            raise InputError(f"cross-probing needs the same layers and width: train {stack} is ({len(a)}, {a[0].dim}) "
+                             f"(layers, d), test is ({len(b)}, {b[0].dim}).")
         y_train = train.labels.astype(np.float64) if kind == "regression" else train.labels
         y_test = test.labels.astype(np.float64) if kind == "regression" else test.labels
-        pred = fit_predict_layers(x, y_train, xt, probe, kind, C=C, alpha=alpha)
-        for layer in range(x.shape[0]):
+        if isinstance(x, torch.Tensor) and isinstance(xt, torch.Tensor):
+            pred = fit_predict_layers(x, y_train, xt, probe, kind, C=C, alpha=alpha)
+        else:
+            pred = fit_predict_rows(a, y_train, np.arange(train.n), b, np.arange(test.n), probe, kind, C=C, alpha=alpha)
+        for layer in range(len(pred)):
             for metric, value in _scores(kind, y_test, pred[layer]).items():
                 rows.append({"stack": stack, "layer": layer, "target": "task", "fold": 0, "metric": metric, "value": value})
     info = {"probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "cross": True,

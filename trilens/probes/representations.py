@@ -7,8 +7,13 @@ labels do not line up is reported with its index and both counts, never silently
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..capture.trace import trace
 from ..errors import InputError
+from .rows import ChunkedRows, RowWriter
 
 POOLINGS = ("first", "cls", "mean", "last")
 SUBWORDS = ("first", "last", "mean")
@@ -24,13 +30,14 @@ SUBWORDS = ("first", "last", "mean")
 
 @dataclass
 class Features:
-    """Per stack, ``x[stack]`` ``[layer, n, d]`` (layer 0 = embeddings) for ``n`` examples with ``labels``.
+    """Per stack, ``x[stack]`` ``[layer, n, d]`` (layer 0 = embeddings) for ``n`` examples with ``labels``
+    — a tensor, or one ``ChunkedRows`` per layer for features kept on disk.
 
     ``groups[i]`` is the text example i came from (folds never split a text), ``types[i]`` the word
     type (token level) or text (sentence level) that the control task keys its random labels on.
     """
 
-    x: dict[str, torch.Tensor]
+    x: dict[str, torch.Tensor | list[ChunkedRows]]
     labels: np.ndarray
     groups: np.ndarray
     types: list[str]
@@ -189,9 +196,17 @@ def features_from_model(model: Any, inputs: Sequence[Any], labels: Sequence[Any]
 
 def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sentence", pooling: str | int = "mean",
                         subword: str = "first", stacks: Sequence[str] | None = None, texts: Sequence[str] | None = None,
-                        tokenizer: Any = None, progress: bool = True) -> Features:
+                        tokenizer: Any = None, on_disk: bool | str | os.PathLike = False,
+                        progress: bool = True) -> Features:
     """The same features from an ``ActivationStore`` of ``resid_post`` (and layer-0 ``resid_pre``) sites,
-    read one shard and one layer at a time, so memory holds only the pooled result."""
+    read one shard and one layer at a time.
+
+    Args:
+        on_disk: keep the pooled (or per-word) vectors in files rather than in memory — a directory,
+            or True for a temporary one removed with the ``Features`` — so the features of every layer
+            may be larger than memory; the logistic probe then trains on them in chunks
+            (``ChunkedRows``), other probes load one layer at a time.
+    """
     if level not in ("sentence", "token"):
         raise InputError(f"level must be 'sentence' or 'token', not {level!r}.")
     if len(labels) != store.n_texts:
@@ -200,7 +215,11 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         raise InputError("token-level probing from a store needs texts= (the stored texts) and tokenizer= to align words.")
     check_pooling(pooling)
     stacks = list(stacks or store.manifest["stacks"])
-    x: dict[str, torch.Tensor] = {}
+    folder = None
+    if on_disk:
+        folder = Path(tempfile.mkdtemp(prefix="trilens-features-")) if on_disk is True else Path(on_disk)
+        folder.mkdir(parents=True, exist_ok=True)
+    x: dict[str, torch.Tensor | list[ChunkedRows]] = {}
     ys: list[Any] = []
     groups: list[int] = []
     types: list[str] = []
@@ -208,9 +227,10 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         layer_sites = _store_layers(store, st)
         offsets = store.offsets(st)
         lengths = np.diff(offsets)
+        picks: list[list[int]] | None = None
         if level == "token":
             all_ids = store.ids(st, as_="numpy")
-            picks: list[list[int]] = []  # global token rows per labelled word
+            picks = []  # global token rows per labelled word
             for i, text in enumerate(texts):
                 p, wy, wt = _word_rows(tokenizer, text, all_ids[offsets[i]:offsets[i + 1]].tolist(), labels[i], i, subword)
                 picks += [[offsets[i] + q for q in positions] for positions in p]
@@ -218,22 +238,30 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
                     ys += wy
                     types += wt
                     groups += [i] * len(wy)
+            if not picks:
+                raise InputError("no labelled examples: every word label was None.")
         per_layer = []
-        for name in tqdm(layer_sites, desc=f"read {st}", disable=not progress, unit="layer"):
-            parts, first_row = [], 0
+        for k, name in enumerate(tqdm(layer_sites, desc=f"read {st}", disable=not progress, unit="layer")):
+            sink = RowWriter(folder / f"{st}-{k}.f32") if folder else []
+            first_row = 0
             for shard in store.iter_shards(name):
                 rows = _to_float(shard)
-                parts.append(_pool_rows(rows, first_row, offsets, lengths, level, pooling, picks if level == "token" else None))
+                pooled = _pool_rows(rows, first_row, offsets, lengths, level, pooling, picks)
+                sink.append(pooled)
                 first_row += rows.shape[0]
                 del shard, rows
-            per_layer.append(torch.cat(parts))
-        x[st] = torch.stack(per_layer)
+            per_layer.append(sink.close() if folder else torch.cat(sink))
+        x[st] = per_layer if folder else torch.stack(per_layer)
     if level == "sentence":
         ys, groups, types = list(labels), list(range(store.n_texts)), [f"text {i}" for i in range(store.n_texts)]
         if texts is not None:
             types = list(texts)
-    return Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
-                    info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword})
+    feat = Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
+                    info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword,
+                          "on_disk": str(folder) if folder else None})
+    if on_disk is True:
+        weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
+    return feat
 
 
 def _to_float(shard: Any) -> torch.Tensor:
