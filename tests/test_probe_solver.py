@@ -1,5 +1,6 @@
-"""The logistic solver under every probe: it reaches scikit-learn's optimum, reads the data twice per
-iteration, weights leave examples out exactly, and rows read in chunks from a file give the same fit."""
+"""The machinery under every probe: the logistic solver reaches scikit-learn's optimum, reads the data
+twice per iteration, weights leave examples out exactly, rows read in chunks from a file give the same
+fit, and one pooling rule (``Members``) pools texts and store shards like a loop over texts."""
 
 import numpy as np
 import pytest
@@ -108,3 +109,29 @@ def test_layers_on_threads_equal_layers_one_by_one():
     b = fit_layers(x, y, 3, workers=1)
     torch.testing.assert_close(a.weight, b.weight, atol=1e-4, rtol=0)
     assert (a.predict(x) == b.predict(x)).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("pooling", ["first", "last", "mean", 1, -2])
+def test_members_pool_every_text_like_a_loop_over_texts(pooling):
+    from trilens.probes.representations import Members
+
+    lengths = torch.tensor([3, 1, 4, 2, 5]) if pooling not in (1, -2) else torch.tensor([3, 2, 4, 2, 5])
+    starts = torch.cumsum(lengths, 0) - lengths
+    rows = torch.randn(2, int(lengths.sum()), 6)  # [layer, rows, d]
+    members = Members.of_texts(starts, lengths, pooling)
+    expected = []
+    for s, n in zip(starts.tolist(), lengths.tolist()):
+        seg = rows[:, s:s + n]
+        expected.append(seg.mean(1) if pooling == "mean" else seg[:, {"first": 0, "last": -1}.get(pooling, pooling)])
+    torch.testing.assert_close(members.pool(rows), torch.stack(expected, 1))
+    # a block of rows (a store shard) holding texts 2-3 pools exactly those texts
+    lo, hi = int(starts[2]), int(starts[4])
+    torch.testing.assert_close(members.within(lo, hi).pool(rows[:, lo:hi]), torch.stack(expected, 1)[:, 2:4])
+
+
+def test_members_refuse_a_position_outside_a_text():
+    from trilens.errors import InputError
+    from trilens.probes.representations import Members
+
+    with pytest.raises(InputError, match=r"position 3 is outside text\(s\) \[1\]"):
+        Members.of_texts(torch.tensor([0, 5]), torch.tensor([5, 2]), 3)

@@ -53,24 +53,69 @@ def check_pooling(pooling: Any) -> None:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)} or a token position (int), not {pooling!r}.")
 
 
+@dataclass
+class Members:
+    """Which rows each example averages: ``rows[index[j]]`` belongs to example ``owner[j]``.
+
+    ``index`` and ``owner`` are non-decreasing (examples in text order, rows in position order), so
+    the members inside any contiguous block of rows (a store shard) are one contiguous slice.
+    One representation serves every pooling (first, last, a position: one member; mean: all tokens)
+    and every word (its first, last or all sub-words); ``pool`` averages them in one ``index_add``.
+    """
+
+    index: torch.Tensor
+    owner: torch.Tensor
+    n: int
+
+    @classmethod
+    def of_texts(cls, starts: torch.Tensor, lengths: torch.Tensor, pooling: str | int) -> Members:
+        """Per text (rows ``starts[i]`` .. ``starts[i] + lengths[i]``), the rows ``pooling`` reads."""
+        check_pooling(pooling)
+        starts, lengths = torch.as_tensor(starts, dtype=torch.long), torch.as_tensor(lengths, dtype=torch.long)
+        n = len(starts)
+        if pooling == "mean":
+            owner = torch.repeat_interleave(torch.arange(n), lengths)
+            first = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+            return cls(index=first + torch.arange(len(owner)), owner=owner, n=n)
+        if pooling in ("first", "cls"):
+            pos = torch.zeros_like(lengths)
+        elif pooling == "last":
+            pos = lengths - 1
+        else:
+            pos = torch.full_like(lengths, pooling) if pooling >= 0 else lengths + pooling
+            bad = ((pos < 0) | (pos >= lengths)).nonzero().flatten().tolist()
+            if bad:
+                raise InputError(f"position {pooling} is outside text(s) {bad[:5]} (lengths {lengths[bad[:5]].tolist()} tokens).")
+        return cls(index=starts + pos, owner=torch.arange(n), n=n)
+
+    @classmethod
+    def of_words(cls, picks: Sequence[Sequence[int]]) -> Members:
+        """One example per word, averaging its picked rows."""
+        sizes = torch.tensor([len(p) for p in picks], dtype=torch.long)
+        index = torch.tensor([q for p in picks for q in p], dtype=torch.long)
+        return cls(index=index, owner=torch.repeat_interleave(torch.arange(len(picks)), sizes), n=len(picks))
+
+    def within(self, first_row: int, end_row: int) -> Members:
+        """The members among rows ``first_row`` .. ``end_row`` (renumbered from there), for examples that lie there."""
+        lo, hi = torch.searchsorted(self.index, torch.tensor([first_row, end_row])).tolist()
+        if lo == hi:
+            return Members(index=self.index[:0], owner=self.owner[:0], n=0)
+        first = int(self.owner[lo])
+        return Members(index=self.index[lo:hi] - first_row, owner=self.owner[lo:hi] - first, n=int(self.owner[hi - 1]) - first + 1)
+
+    def pool(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows [..., R, d]`` -> the mean of each example's member rows ``[..., n, d]``."""
+        out = rows.new_zeros(*rows.shape[:-2], self.n, rows.shape[-1])
+        out.index_add_(-2, self.owner, rows.index_select(-2, self.index))
+        counts = torch.bincount(self.owner, minlength=self.n).clamp_min(1).to(rows.dtype)
+        return out / counts[:, None]
+
+
 def pool_states(states: torch.Tensor, mask: torch.Tensor, pooling: str | int) -> torch.Tensor:
     """``states [layer, batch, pos, d]`` with right padding ``mask [batch, pos]`` -> ``[layer, batch, d]``."""
-    check_pooling(pooling)
-    lengths = mask.sum(1)
-    rows = torch.arange(mask.shape[0])
-    if pooling == "mean":
-        m = mask[None, :, :, None].to(states.dtype)
-        return (states * m).sum(2) / m.sum(2).clamp_min(1)
-    if pooling in ("first", "cls"):
-        pos = torch.zeros_like(lengths)
-    elif pooling == "last":
-        pos = lengths - 1
-    else:
-        pos = torch.full_like(lengths, pooling) if pooling >= 0 else lengths + pooling
-        bad = ((pos < 0) | (pos >= lengths)).nonzero().flatten().tolist()
-        if bad:
-            raise InputError(f"position {pooling} is outside text(s) {bad[:5]} (lengths {lengths[bad[:5]].tolist()} tokens).")
-    return states[:, rows, pos]
+    batch, pos = mask.shape
+    members = Members.of_texts(torch.arange(batch) * pos, mask.sum(1), pooling)
+    return members.pool(states.reshape(states.shape[0], batch * pos, states.shape[-1]))
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -174,19 +219,21 @@ def features_from_model(model: Any, inputs: Sequence[Any], labels: Sequence[Any]
                 groups.append(start + j)
                 types.append(x if isinstance(x, str) else str(x))
             continue
-        st = stacks[0]
+        st = stacks[0]  # token level reads one stack (checked above)
         states = cache.accumulated_resid(st).float()
         ids, mask = cache.ids[st], cache.mask(st)
+        width = states.shape[2]
+        batch_picks: list[list[int]] = []
         for j, x in enumerate(chunk):
             text = x[0] if isinstance(x, tuple) else x
             row_ids = ids[j][mask[j]].tolist()
             picks, wy, wt = _word_rows(model.tokenizer, text, row_ids, labels[start + j], start + j, subword)
-            for positions in picks:
-                for s in stacks:  # token level has one stack (checked above)
-                    chunks[s].append(states[:, j, positions].mean(1, keepdim=True))
+            batch_picks += [[j * width + q for q in positions] for positions in picks]
             ys += wy
             types += wt
             groups += [start + j] * len(wy)
+        if batch_picks:
+            chunks[st].append(Members.of_words(batch_picks).pool(states.flatten(1, 2)))
     if not ys:
         raise InputError("no labelled examples: every label was None.")
     x = {st: torch.cat(v, dim=1) for st, v in chunks.items()}
@@ -227,8 +274,9 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         layer_sites = _store_layers(store, st)
         offsets = store.offsets(st)
         lengths = np.diff(offsets)
-        picks: list[list[int]] | None = None
-        if level == "token":
+        if level == "sentence":
+            members = Members.of_texts(torch.tensor(offsets[:-1]), torch.as_tensor(lengths), pooling)
+        else:
             all_ids = store.ids(st, as_="numpy")
             picks = []  # global token rows per labelled word
             for i, text in enumerate(texts):
@@ -240,14 +288,16 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
                     groups += [i] * len(wy)
             if not picks:
                 raise InputError("no labelled examples: every word label was None.")
+            members = Members.of_words(picks)
         per_layer = []
         for k, name in enumerate(tqdm(layer_sites, desc=f"read {st}", disable=not progress, unit="layer")):
             sink = RowWriter(folder / f"{st}-{k}.f32") if folder else []
             first_row = 0
             for shard in store.iter_shards(name):
                 rows = _to_float(shard)
-                pooled = _pool_rows(rows, first_row, offsets, lengths, level, pooling, picks)
-                sink.append(pooled)
+                here = members.within(first_row, first_row + rows.shape[0])
+                if here.n:
+                    sink.append(here.pool(rows))
                 first_row += rows.shape[0]
                 del shard, rows
             per_layer.append(sink.close() if folder else torch.cat(sink))
@@ -277,18 +327,3 @@ def _store_layers(store: Any, stack: str) -> list[str]:
         raise InputError(f"probing from a store needs every layer's resid_post and layer 0's resid_pre of the {stack} "
                          "stack: capture them with sites=['resid'] (or 'resid_pre' 'resid_post').")
     return pre0 + [n for _, n in post]
-
-
-def _pool_rows(rows: torch.Tensor, first_row: int, offsets: list[int], lengths: np.ndarray, level: str,
-               pooling: str | int, picks: list[list[int]] | None) -> torch.Tensor:
-    """Pool one shard's token rows (global rows ``first_row``..) into per-text or per-word vectors."""
-    end_row = first_row + rows.shape[0]
-    if level == "token":
-        inside = [p for p in picks if first_row <= p[0] < end_row]
-        return torch.stack([rows[[q - first_row for q in p]].mean(0) for p in inside]) if inside else rows[:0]
-    texts = [i for i in range(len(lengths)) if first_row <= offsets[i] < end_row]
-    out = []
-    for i in texts:
-        seg = rows[offsets[i] - first_row: offsets[i + 1] - first_row]
-        out.append(pool_states(seg[None, None], torch.ones(1, len(seg), dtype=torch.bool), pooling)[0, 0])
-    return torch.stack(out) if out else rows[:0]
