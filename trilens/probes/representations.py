@@ -106,7 +106,8 @@ class Members:
     def pool(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows [..., R, d]`` -> the mean of each example's member rows ``[..., n, d]``."""
         out = rows.new_zeros(*rows.shape[:-2], self.n, rows.shape[-1])
-        out.index_add_(-2, self.owner, rows.index_select(-2, self.index))
+        every_row = len(self.index) == rows.shape[-2] and torch.equal(self.index, torch.arange(rows.shape[-2]))
+        out.index_add_(-2, self.owner, rows if every_row else rows.index_select(-2, self.index))  # mean pooling: no copy
         counts = torch.bincount(self.owner, minlength=self.n).clamp_min(1).to(rows.dtype)
         return out / counts[:, None]
 
