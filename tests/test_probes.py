@@ -211,3 +211,18 @@ def test_probe_cli(tiny_path, tmp_path, capsys):
     assert ProbeResult.load(tmp_path / "out").curve()[0] == 1.0 and (tmp_path / "out" / "probe.html").exists()
     assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "nope"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
+    # the same probe from a store captured by the CLI, features kept on disk
+    store = tmp_path / "store"
+    assert cli(["capture", str(tiny_path("bert")), "--texts", str(data), "--sites", "resid", "--out", str(store),
+                "--no-progress"]) == 0
+    assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "w", "--level", "token", "--cv", "3",
+                "--store", str(store), "--on-disk", "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
+    assert f"activations from the store {store}" in capsys.readouterr().out
+    a, b = ProbeResult.load(tmp_path / "out").layer_metrics(), ProbeResult.load(tmp_path / "out2").layer_metrics()
+    np.testing.assert_allclose(b["task_mean"], a["task_mean"], atol=0.02)
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(js.dumps({"text": t + " x", "y": y}) for t, y in zip(texts, labels)))
+    assert cli(["probe", str(tiny_path("bert")), "--data", str(other), "--label", "y", "--store", str(store)]) == 2
+    assert "not the ones the store" in capsys.readouterr().err
+    assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "y", "--on-disk"]) == 2
+    assert "pass --store DIR" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``trilens probe MODEL --data FILE.jsonl --label FIELD``: layerwise probes from the command line."""
+"""``trilens probe MODEL --data FILE.jsonl --label FIELD [--store DIR [--on-disk]]``: layerwise probes from the
+command line, on activations the model computes or that a store holds."""
 
 from __future__ import annotations
 
@@ -39,14 +40,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .probes import probe_layers
 
     inputs, labels = read_labelled(args.data, args.label, args.level)
+    if args.on_disk and not args.store:
+        raise InputError("--on-disk keeps features from a store on disk: pass --store DIR (an ActivationStore of "
+                         "the same texts, captured with `trilens capture ... --sites resid`).")
     model = trilens.load(args.model)
+    source: Any = model
+    if args.store:
+        from .capture.store import ActivationStore
+
+        source = ActivationStore(args.store)
     pooling: Any = int(args.pooling) if args.pooling.lstrip("-").isdigit() else args.pooling
-    result = probe_layers(model, inputs, labels, level=args.level, pooling=pooling, subword=args.subword,
+    result = probe_layers(source, inputs, labels, level=args.level, pooling=pooling, subword=args.subword,
                           stacks=args.stacks, probe=args.probe, cv=args.cv, control=not args.no_control,
-                          seed=args.seed, batch_size=args.batch_size, truncate=args.truncate,
-                          progress=not args.no_progress)
+                          seed=args.seed, batch_size=args.batch_size, truncate=args.truncate, tokenizer=model.tokenizer,
+                          on_disk=args.on_disk, progress=not args.no_progress)
     frame = result.layer_metrics()
-    print(f"{result.info['probe']} probe of {args.label!r} on {model.name}: {result.info['n']} examples from "
+    where = f"{model.name}" + (f" (activations from the store {args.store})" if args.store else "")
+    print(f"{result.info['probe']} probe of {args.label!r} on {where}: {result.info['n']} examples from "
           f"{result.info['n_texts']} texts, {result.info['folds']}-fold {result.metric} per layer (0 = embeddings)")
     if result.info.get("majority") is not None:
         print(f"majority-class baseline {result.info['majority']:.3f}")
@@ -73,6 +83,10 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--truncate", action="store_true")
+    p.add_argument("--store", type=Path, default=None,
+                   help="read the activations from this ActivationStore of the same texts instead of running MODEL")
+    p.add_argument("--on-disk", action="store_true",
+                   help="with --store: keep the per-layer features in temporary files and train on them in chunks")
     p.add_argument("--out", type=Path, default=None, help="save the result (probe.json) and its figure here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_probe)

@@ -44,7 +44,8 @@ def model_fingerprint(model: Model) -> str:
     return h.hexdigest()[:32]
 
 
-def _texts_hash(texts: Sequence[Any]) -> str:
+def texts_hash(texts: Sequence[Any]) -> str:
+    """The fingerprint of a list of inputs that a store records (same texts, same order, same hash)."""
     h = hashlib.sha256()
     for t in texts:
         h.update(json.dumps(t).encode())
@@ -157,7 +158,7 @@ def capture_dataset(
     spec = {"format": FORMAT, "model": {"name": model.name, "architecture": model.architecture, "family": model.family,
                                         "fingerprint": model_fingerprint(model)},
             "sites": site_info, "stacks": stacks, "dtype": dtype_name(store_dtype), "n_texts": len(texts),
-            "texts_sha256": _texts_hash(texts), "texts_per_shard": texts_per_shard, "n_shards": n_shards,
+            "texts_sha256": texts_hash(texts), "texts_per_shard": texts_per_shard, "n_shards": n_shards,
             "truncate": truncate}
     out = Path(out_dir)
     _prepare_dir(out, spec, resume=resume, overwrite=overwrite, sharded=shard is not None)
