@@ -135,3 +135,15 @@ def test_members_refuse_a_position_outside_a_text():
 
     with pytest.raises(InputError, match=r"position 3 is outside text\(s\) \[1\]"):
         Members.of_texts(torch.tensor([0, 5]), torch.tensor([5, 2]), 3)
+
+
+def test_a_probe_stopped_by_max_iter_says_so():
+    from sklearn.exceptions import ConvergenceWarning
+
+    from trilens.probes import LogisticProbe
+
+    x, y = data(seed=5)
+    with pytest.warns(ConvergenceWarning, match="did not reach tol"):
+        probe = LogisticProbe(max_iter=2).fit(x.numpy(), y.numpy())
+    assert probe.n_iter_ == 2
+    assert not fit_layers(x[None], y, 3, max_iter=2).converged[0] and fit_layers(x[None], y, 3).converged[0]

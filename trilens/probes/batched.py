@@ -26,6 +26,7 @@ class LayerLogistic:
     mean: torch.Tensor  # [layer, dim]: features are standardised before the linear map
     scale: torch.Tensor
     n_iter: torch.Tensor  # [layer] iterations until convergence
+    converged: torch.Tensor  # [layer] bool: the gradient reached ``tol`` within ``max_iter``
 
     def _raw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights and intercepts on the raw (unstandardised) features."""
@@ -94,7 +95,7 @@ def fit_layers(x: torch.Tensor | Sequence[Rows | ChunkedRows], y: torch.Tensor, 
             torch.set_num_threads(threads)
     return LayerLogistic(weight=torch.stack([f.weight for f in fits]), bias=torch.stack([f.bias for f in fits]),
                          mean=torch.stack([f.mean for f in fits]), scale=torch.stack([f.scale for f in fits]),
-                         n_iter=torch.tensor([f.n_iter for f in fits]))
+                         n_iter=torch.tensor([f.n_iter for f in fits]), converged=torch.tensor([f.converged for f in fits]))
 
 
 @dataclass

@@ -7,9 +7,12 @@ scikit-learn classifier or regressor can be used in their place.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -70,6 +73,9 @@ class LogisticProbe(_Classifier):
         self.coef_ = (fitted.weight[0] / fitted.scale[0][:, None]).T.double().numpy()  # on the raw features
         self.intercept_ = (fitted.bias[0] - (fitted.mean[0] / fitted.scale[0]) @ fitted.weight[0]).double().numpy()
         self.n_iter_ = int(fitted.n_iter[0])
+        if not bool(fitted.converged[0]):
+            warnings.warn(f"LogisticProbe did not reach tol={self.tol} in {self.n_iter_} iterations (max_iter="
+                          f"{self.max_iter}); raise max_iter or scale the features.", ConvergenceWarning, stacklevel=2)
         self._fitted = fitted
         return self
 
