@@ -48,6 +48,34 @@ def test_logit_lens_agrees_with_transformerlens_accumulated_resid(tiny):
     torch.testing.assert_close(mine, tl, atol=1e-4, rtol=0)
 
 
+def test_lens_metrics_equal_their_definitions_across_block_edges(tiny):
+    from trilens.lens.logit import lens_states
+
+    model = tiny("gpt2")
+    cache = model.trace(TEXTS, sites="resid")
+    states = cache.accumulated_resid()
+    n, b, p, _ = states.shape
+    targets = torch.randint(0, model.vocab_size, (b, p), generator=torch.Generator().manual_seed(0))
+    targets[1, -2:] = -1
+    lens = LogitLens.from_model(model)
+    got = lens_states(model, lens, states, k=4, final=cache.logits, targets=targets, rows=5, block=2)  # ragged blocks
+    with torch.no_grad():
+        logits = torch.stack([lens(states[i], i) for i in range(n)]).float()
+    logp, final = logits.log_softmax(-1), cache.logits.float().log_softmax(-1)
+    torch.testing.assert_close(got["kl"], (final.exp() * (final - logp)).sum(-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got["entropy"], -(logp.exp() * logp).sum(-1), atol=1e-5, rtol=1e-4)
+    top = logits.topk(4, dim=-1)
+    assert torch.equal(got["top_ids"], top.indices)
+    torch.testing.assert_close(got["top_probs"], logp.gather(-1, top.indices).exp())
+    scored = targets >= 0
+    t_logit = logits.gather(-1, targets.clamp_min(0)[None, ..., None].expand(n, -1, -1, 1))
+    assert torch.equal(got["target_rank"][:, scored], (logits > t_logit).sum(-1)[:, scored])  # exact on raw logits
+    assert (got["target_rank"][:, ~scored] == -1).all() and got["cross_entropy"][:, ~scored].isnan().all()
+    ce = -logp.gather(-1, targets.clamp_min(0)[None, ..., None].expand(n, -1, -1, 1))[..., 0]
+    torch.testing.assert_close(got["cross_entropy"][:, scored], ce[:, scored])
+    assert torch.equal(got["agrees"], top.indices[..., 0] == cache.logits.argmax(-1))
+
+
 def test_targets_ranks_and_result_round_trip(tiny, tmp_path):
     model = tiny("llama")
     result = logit_lens(model, TEXTS, k=3)

@@ -2,7 +2,8 @@
 
 A lens maps the residual stream after layer l to vocabulary logits: ``Unembed(transform_hidden(h, l))``.
 The logit lens's transform is the identity; the tuned lens adds a learned affine translator.
-All layers and positions are computed in one batched pass per chunk of layers.
+Every layer's unembedding runs on blocks of positions, and the vocabulary-wide metrics on cache-sized
+blocks of those logits (``lens_states``).
 """
 
 from __future__ import annotations
@@ -63,35 +64,56 @@ def _targets(model: Model, cache: Any, batch_labels: torch.Tensor | None, stack:
     return torch.full_like(ids, -1)  # masked LM: pass targets= to score the masked tokens
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[R, V]`` rows without the ``[R, V]`` product."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
 @torch.no_grad()
 def lens_states(model: Model, lens: Lens, states: torch.Tensor, *, k: int = 5, final: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, layer_chunk: int = 4) -> dict[str, torch.Tensor]:
-    """Metrics and top-k of ``lens`` on ``states`` ``[layer, batch, pos, d]``; bounded memory via layer chunks."""
-    n = states.shape[0]
-    final_logp = (final if final is not None else lens(states[-1], n - 1)).float().log_softmax(-1)
+                targets: torch.Tensor | None = None, rows: int = 256, block: int = 64) -> dict[str, torch.Tensor]:
+    """Metrics and top-k of ``lens`` on ``states`` ``[layer, batch, pos, d]``, in bounded memory.
+
+    Each layer's unembedding runs on ``rows`` positions at a time (an efficient product); the
+    vocabulary-wide metrics then run on cache-sized ``block``s of those logits, with row dot products
+    instead of ``[rows, vocab]`` temporaries. The target's rank and the top-k are read from the raw
+    logits, where normalising cannot create ties.
+    """
+    n, batch, pos, _ = states.shape
+    h = states.reshape(n, batch * pos, -1)
+    m = batch * pos
+    final_logp = (final if final is not None else lens(states[-1], n - 1)).float().reshape(m, -1).log_softmax(-1)
     p_final = final_logp.exp()
+    neg_entropy_final = _row_dot(p_final, final_logp)
     top1_final = final_logp.argmax(-1)
-    out: dict[str, list[torch.Tensor]] = {m: [] for m in ("top_ids", "top_probs", "kl", "cross_entropy", "target_rank", "entropy", "agrees")}
-    for start in range(0, n, layer_chunk):
-        chunk = [lens(states[layer], layer).float().log_softmax(-1) for layer in range(start, min(n, start + layer_chunk))]
-        logp = torch.stack(chunk)  # [c, b, p, V]
-        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-        out["top_ids"].append(top.indices)
-        out["top_probs"].append(top.values.exp())
-        out["kl"].append((p_final * (final_logp - logp)).sum(-1))
-        out["entropy"].append(-(logp.exp() * logp).sum(-1))
-        out["agrees"].append(top.indices[..., 0] == top1_final)
-        if targets is not None:
-            tgt = targets.clamp_min(0)[None, ..., None].expand(logp.shape[0], -1, -1, 1)
-            t_logp = logp.gather(-1, tgt).squeeze(-1)
-            none = (targets < 0)[None].expand_as(t_logp)
-            out["cross_entropy"].append((-t_logp).masked_fill(none, float("nan")))
-            out["target_rank"].append((logp > t_logp[..., None]).sum(-1).masked_fill(none, -1))
-        else:
-            shape = logp.shape[:-1]
-            out["cross_entropy"].append(torch.full(shape, float("nan")))
-            out["target_rank"].append(torch.full(shape, -1, dtype=torch.long))
-    return {m: torch.cat(v) for m, v in out.items()}
+    k = min(k, final_logp.shape[-1])
+    out = {"top_ids": torch.empty(n, m, k, dtype=torch.long), "top_probs": torch.empty(n, m, k), "kl": torch.empty(n, m),
+           "entropy": torch.empty(n, m), "cross_entropy": torch.full((n, m), float("nan")),
+           "target_rank": torch.full((n, m), -1, dtype=torch.long)}
+    flat_targets = targets.reshape(m) if targets is not None else None
+    for layer in range(n):
+        for start in range(0, m, rows):
+            logits = lens(h[layer, start:start + rows], layer).float()
+            for s in range(0, logits.shape[0], block):
+                x = logits[s:s + block]
+                r = slice(start + s, start + s + x.shape[0])
+                lse = torch.logsumexp(x, -1, keepdim=True)
+                top = x.topk(k, dim=-1)
+                out["top_ids"][layer, r] = top.indices
+                out["top_probs"][layer, r] = (top.values - lse).exp()
+                logp = x - lse
+                out["entropy"][layer, r] = -_row_dot(logp.exp(), logp)
+                out["kl"][layer, r] = neg_entropy_final[r] - _row_dot(p_final[r], logp)
+                if flat_targets is not None:
+                    tgt = flat_targets[r]
+                    scored = tgt >= 0
+                    t_logit = x.gather(-1, tgt.clamp_min(0)[:, None])
+                    ce = (lse - t_logit)[:, 0]
+                    rank = (x > t_logit).sum(-1)
+                    out["cross_entropy"][layer, r] = ce.masked_fill(~scored, float("nan"))
+                    out["target_rank"][layer, r] = rank.masked_fill(~scored, -1)
+    out["agrees"] = out["top_ids"][..., 0] == top1_final
+    return {name: v.reshape(n, batch, pos, *v.shape[2:]) for name, v in out.items()}
 
 
 def run_lens(model: Model, inputs: Any, lens: Lens | None = None, *, stack: str | None = None, targets: Any = None,
