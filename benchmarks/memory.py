@@ -14,3 +14,18 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+def rss_mb() -> float:
+    """This process's resident set now (VmRSS) in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
+
+
+def reset_peak_rss() -> None:
+    """Set the high-water mark (VmHWM) back to the current resident set (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")

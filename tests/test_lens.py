@@ -156,6 +156,32 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny, tmp_path):
         TunedLens.load(tmp_path / "lens", tiny("llama"))
 
 
+def test_tuned_lens_gradient_equals_that_of_the_mean_kl_over_real_tokens(tiny):
+    """The closed-form gradient (softmax - p_final), one layer at a time, padding dropped, equals autograd
+    through the textbook loss: mean over layers of the mean over real tokens of KL(p_final || p_lens)."""
+    model = tiny("gpt2")
+    stack = "decoder"
+    cache = model.trace(["the cat sat on the mat today", "x y"], sites="resid")  # the second row is padded
+    states, mask = cache.accumulated_resid(stack), cache.mask(stack)
+    assert not mask.all()
+    lens = TunedLens.from_model(model)
+    torch.manual_seed(0)
+    for t in lens.translators:
+        torch.nn.init.normal_(t.weight, std=0.05)
+        torch.nn.init.normal_(t.bias, std=0.05)
+    loss = lens._backward_kl(states, cache.logits, mask)
+    fast = [p.grad.clone() for p in lens.translator_parameters()]
+    lens.zero_grad()
+    final_logp = cache.logits.float().log_softmax(-1)
+    kls = [(final_logp.exp() * (final_logp - lens(states[l], l).float().log_softmax(-1))).sum(-1)[mask].mean()
+           for l in range(len(lens.translators))]
+    reference = torch.stack(kls).mean()
+    reference.backward()
+    assert loss == pytest.approx(float(reference), abs=2e-6)  # float32: the closed form sums terms of size ~log(vocab)
+    for g, p in zip(fast, lens.translator_parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_text_metrics():
     assert chrf("abc def", "abc def") == 100 and chrf("xyz", "abc") == 0
     assert 0 < chrf("abc dxf", "abc def") < 100

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from .divergence import row_dot
 from .result import LensResult
 from .unembed import Unembed
 
@@ -64,11 +65,6 @@ def _targets(model: Model, cache: Any, batch_labels: torch.Tensor | None, stack:
     return torch.full_like(ids, -1)  # masked LM: pass targets= to score the masked tokens
 
 
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1)`` for ``[R, V]`` rows without the ``[R, V]`` product."""
-    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
-
-
 @torch.no_grad()
 def lens_states(model: Model, lens: Lens, states: torch.Tensor, *, k: int = 5, final: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, rows: int = 256, block: int = 64) -> dict[str, torch.Tensor]:
@@ -84,7 +80,7 @@ def lens_states(model: Model, lens: Lens, states: torch.Tensor, *, k: int = 5, f
     m = batch * pos
     final_logp = (final if final is not None else lens(states[-1], n - 1)).float().reshape(m, -1).log_softmax(-1)
     p_final = final_logp.exp()
-    neg_entropy_final = _row_dot(p_final, final_logp)
+    neg_entropy_final = row_dot(p_final, final_logp)
     top1_final = final_logp.argmax(-1)
     k = min(k, final_logp.shape[-1])
     out = {"top_ids": torch.empty(n, m, k, dtype=torch.long), "top_probs": torch.empty(n, m, k), "kl": torch.empty(n, m),
@@ -102,8 +98,8 @@ def lens_states(model: Model, lens: Lens, states: torch.Tensor, *, k: int = 5, f
                 out["top_ids"][layer, r] = top.indices
                 out["top_probs"][layer, r] = (top.values - lse).exp()
                 logp = x - lse
-                out["entropy"][layer, r] = -_row_dot(logp.exp(), logp)
-                out["kl"][layer, r] = neg_entropy_final[r] - _row_dot(p_final[r], logp)
+                out["entropy"][layer, r] = -row_dot(logp.exp(), logp)
+                out["kl"][layer, r] = neg_entropy_final[r] - row_dot(p_final[r], logp)
                 if flat_targets is not None:
                     tgt = flat_targets[r]
                     scored = tgt >= 0

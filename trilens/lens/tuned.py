@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_dir
 from ..capture.dataset import model_fingerprint
 from ..errors import InputError, StoreError
+from .divergence import kl_to_final, row_dot
 from .logit import Lens
 from .unembed import Unembed
 
@@ -76,23 +77,30 @@ class TunedLens(Lens):
         for _ in tqdm(range(steps), desc="tuned lens", disable=not progress, unit="step"):
             batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
             cache = model.trace(batch, sites=sites, truncate=truncate)
-            loss = self._kl_loss(cache.accumulated_resid(stack), cache.logits, cache.mask(stack))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.append(self._backward_kl(cache.accumulated_resid(stack), cache.logits, cache.mask(stack)))
             torch.nn.utils.clip_grad_norm_(self.translator_parameters(), clip)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
         return losses
 
-    def _kl_loss(self, states: torch.Tensor, final_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        final_logp = final_logits.float().log_softmax(-1)[mask]
+    def _backward_kl(self, states: torch.Tensor, final_logits: torch.Tensor, mask: torch.Tensor) -> float:
+        """Accumulate the gradient of the mean KL over layers and real tokens; returns that mean.
+
+        Padding is dropped before the unembedding, and each layer's loss is back-propagated at once,
+        so only one layer's ``[tokens, vocab]`` logits are alive at a time.
+        """
+        states = states[:, mask]  # [layer, token, d]
+        final_logp = final_logits[mask].float().log_softmax(-1)
         p_final = final_logp.exp()
-        total = torch.zeros((), device=states.device)
+        neg_entropy_final = row_dot(p_final, final_logp)
+        scale = 1.0 / (states.shape[1] * len(self.translators))
+        total = 0.0
         for layer in range(len(self.translators)):
-            logp = self(states[layer], layer).float().log_softmax(-1)[mask]
-            total = total + (p_final * (final_logp - logp)).sum(-1).mean()
-        return total / len(self.translators)
+            loss = kl_to_final(self(states[layer], layer).float(), p_final, neg_entropy_final) * scale
+            loss.backward()
+            total += float(loss.detach())
+        return total
 
     # -- saving ------------------------------------------------------------------------------
     def _check(self, model: Model) -> None:
