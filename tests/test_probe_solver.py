@@ -100,6 +100,32 @@ def test_rows_read_in_chunks_from_a_file_equal_rows_in_memory(tmp_path):
         RowWriter(tmp_path / "bad.f32").append(torch.zeros(3, 40)[None])
 
 
+def test_ridge_on_chunked_rows_with_weights_equals_ridge_on_the_subset_in_memory(tmp_path):
+    """The streamed closed form (moments, centred Gram, X^T y) equals the in-memory solve on the kept rows,
+    and layerwise probing routes a ridge probe on on-disk features to it."""
+    from trilens.probes.batched import fit_ridge_layers, fit_ridge_rows
+    from trilens.probes.layerwise import fit_predict_layers, fit_predict_rows
+
+    x, _ = data(n=700, d=30, seed=6, offset=50.0)  # far from zero: a Gram matrix that is not centred would lose digits
+    target = x[:, :3].double() @ torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64) + torch.randn(700, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    keep = np.flatnonzero(torch.rand(700, generator=torch.Generator().manual_seed(1)).numpy() < 0.7)
+    weight = torch.zeros(700, dtype=torch.float64)
+    weight[keep] = 1.0
+    writer = RowWriter(tmp_path / "layer.f32")
+    writer.append(x)
+    chunked = writer.close(chunk_rows=100)
+    streamed = fit_ridge_rows([chunked, Rows(x)], target, weight=weight, alpha=3.0)
+    exact = fit_ridge_layers(x[keep][None].double(), target[keep], alpha=3.0)
+    for layer in range(2):
+        torch.testing.assert_close(streamed.weight[layer], exact.weight[0], rtol=1e-4, atol=5e-5)  # float32 statistics; |weight| up to 4.6
+        torch.testing.assert_close(streamed.predict_rows(layer, chunked), exact.predict(x[None].double())[0], rtol=1e-5, atol=1e-5)
+    test = np.setdiff1d(np.arange(700), keep)
+    y = target.numpy()
+    on_disk = fit_predict_rows([chunked], y, keep, [chunked], test, "ridge", "regression", alpha=3.0)
+    in_memory = fit_predict_layers(x[keep][None], y[keep], x[test][None], "ridge", "regression", alpha=3.0)
+    np.testing.assert_allclose(on_disk, in_memory, rtol=1e-5, atol=1e-5)
+
+
 def test_layers_on_threads_equal_layers_one_by_one():
     x = torch.stack([data(seed=s)[0] for s in range(4)])
     y = data()[1]

@@ -154,6 +154,7 @@ def test_store_based_probing_equals_in_memory_probing(tiny, tmp_path):
 
 def test_probing_features_kept_on_disk_equals_probing_in_memory(tiny, tmp_path):
     import gc
+    from dataclasses import replace
 
     from trilens.capture.dataset import capture_dataset
     from trilens.probes.rows import ChunkedRows
@@ -171,9 +172,15 @@ def test_probing_features_kept_on_disk_equals_probing_in_memory(tiny, tmp_path):
     a, b = evaluate_features(mem, cv=3).layer_metrics(), evaluate_features(disk, cv=3).layer_metrics()
     np.testing.assert_allclose(b["task_mean"], a["task_mean"], atol=0.02)  # the same objective, solved on other rows
     np.testing.assert_allclose(b["control_mean"], a["control_mean"], atol=0.02)
-    ridge_mem = evaluate_features(mem, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
-    ridge_disk = evaluate_features(disk, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
-    np.testing.assert_allclose(ridge_disk["task_mean"], ridge_mem["task_mean"], atol=1e-9)  # loaded layer by layer
+    sk_mem = evaluate_features(mem, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
+    sk_disk = evaluate_features(disk, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
+    np.testing.assert_allclose(sk_disk["task_mean"], sk_mem["task_mean"], atol=1e-9)  # loaded layer by layer
+    lengths = np.array([float(len(t)) for t in mem.types])  # a real-valued label per word: ridge streams too
+    r_mem = evaluate_features(replace(mem, labels=lengths), cv=3, probe="ridge").layer_metrics()
+    r_disk = evaluate_features(replace(disk, labels=lengths), cv=3, probe="ridge").layer_metrics()
+    assert r_mem["task_mean"].notna().all() and r_mem["task_mean"].max() > 0.5  # word length is decodable (R^2)
+    np.testing.assert_allclose(r_disk["task_mean"], r_mem["task_mean"], atol=1e-4)
+    np.testing.assert_allclose(r_disk["control_mean"], r_mem["control_mean"], atol=1e-4)
     cross = cross_probe(disk, mem).layer_metrics()["task_mean"].to_numpy()
     assert cross.max() > 0.9  # trained on every word, scored on the same words
     temp = features_from_store(store, labels, on_disk=True, progress=False)

@@ -112,6 +112,11 @@ class LayerRidge:
         z = (x.to(self.weight.dtype) - self.mean[:, None]) / self.scale[:, None]
         return torch.baddbmm(self.bias[:, None], z, self.weight)
 
+    def predict_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
+        """Predictions ``[n, target]`` for one layer's rows, in one pass (rows read in chunks stay on disk)."""
+        raw = self.weight[layer] / self.scale[layer][:, None]
+        return rows.matmul(raw.float()).double() + (self.bias[layer] - self.mean[layer] @ raw)
+
 
 def fit_ridge_layers(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, standardize: bool = True) -> LayerRidge:
     """Closed-form ridge per layer of ``x [layer, n, dim]`` on ``y [n]`` or ``[n, targets]`` (scikit-learn's ``Ridge``)."""
@@ -126,3 +131,26 @@ def fit_ridge_layers(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, st
     rhs = torch.matmul(z.transpose(1, 2), (y2 - y_mean))
     weight = torch.linalg.solve(gram, rhs)
     return LayerRidge(weight=weight, bias=y_mean.expand(x.shape[0], -1).clone(), mean=mean, scale=scale)
+
+
+def fit_ridge_rows(layers: Sequence[Rows | ChunkedRows], y: torch.Tensor, *, weight: torch.Tensor | None = None,
+                   alpha: float = 1.0, standardize: bool = True) -> LayerRidge:
+    """``fit_ridge_layers`` for rows read in parts: the same standardised closed form from the weighted
+    moments, the centred Gram matrix and ``X^T y`` (two passes per layer; ``weight`` 0 leaves a row out),
+    so no layer is held whole."""
+    y = y.to(torch.float64)
+    y2 = y[:, None] if y.dim() == 1 else y
+    w = torch.ones(len(y2), dtype=torch.float64) if weight is None else weight.to(torch.float64)
+    y_mean = (w @ y2) / w.sum()
+    weighted_y = (w[:, None] * (y2 - y_mean)).float()  # the weighted mean of x times it sums to zero
+    fits = []
+    for rows in layers:
+        mean, var = rows.moments(w)
+        std = var.sqrt()
+        scale = torch.where(std > 1e-12, std, torch.ones_like(std)) if standardize else torch.ones_like(std)
+        gram = rows.centred_gram(mean, w) / scale[:, None] / scale[None, :]
+        gram += alpha * torch.eye(len(mean), dtype=torch.float64)
+        rhs = rows.rmatmul(weighted_y).double() / scale[:, None]
+        fits.append((torch.linalg.solve(gram, rhs), mean, scale))
+    return LayerRidge(weight=torch.stack([f[0] for f in fits]), bias=y_mean.expand(len(fits), -1).clone(),
+                      mean=torch.stack([f[1] for f in fits]), scale=torch.stack([f[2] for f in fits]))

@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score, r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
 
 from ..errors import InputError
-from .batched import fit_layers, fit_ridge_layers
+from .batched import fit_layers, fit_ridge_layers, fit_ridge_rows
 from .representations import Features, features_from_model, features_from_store
 from .rows import ChunkedRows, Rows
 from .result import ProbeResult
@@ -107,19 +107,24 @@ def fit_predict_rows(train: Sequence[Rows | ChunkedRows], y: np.ndarray, train_i
                      C: float = 1.0, alpha: float = 1.0, constant_ok: bool = False) -> np.ndarray:
     """``fit_predict_layers`` for features read in chunks -> predictions ``[layer, len(test_index)]``.
 
-    The logistic probe trains on the chunks themselves (the training rows weighted 1, the others 0)
-    and predicts in one pass per layer, so no layer is ever held whole; other probes load one layer's
-    training and test rows at a time.
+    The logistic and ridge probes train on the chunks themselves (the training rows weighted 1, the
+    others 0) and predict in one pass per layer, so no layer is ever held whole; the MLP and
+    scikit-learn probes load one layer's training and test rows at a time.
     """
     y_train = y[train_index]
+    weight = torch.zeros(len(y), dtype=torch.float64)
+    weight[torch.as_tensor(train_index)] = 1.0
     if probe == "logistic" and kind == "classification" and len(np.unique(y_train)) >= 2:
         classes, codes = np.unique(y_train, return_inverse=True)
         full = np.zeros(len(y), dtype=np.int64)
         full[train_index] = codes
-        weight = torch.zeros(len(y), dtype=torch.float64)
-        weight[torch.as_tensor(train_index)] = 1.0
         fitted = fit_layers(list(train), torch.as_tensor(full), len(classes), C=C, weight=weight)
         return np.stack([classes[fitted.logits_rows(k, rows).argmax(-1).numpy()[test_index]] for k, rows in enumerate(test)])
+    if probe == "ridge":
+        full = np.zeros(len(y), dtype=np.float64)
+        full[train_index] = y_train.astype(np.float64)
+        ridge = fit_ridge_rows(list(train), torch.as_tensor(full), weight=weight, alpha=alpha)
+        return np.stack([ridge.predict_rows(k, rows)[:, 0].numpy()[test_index] for k, rows in enumerate(test)])
     return np.concatenate([fit_predict_layers(a.take(train_index)[None], y_train, b.take(test_index)[None], probe, kind,
                                               C=C, alpha=alpha, constant_ok=constant_ok) for a, b in zip(train, test)])
 
@@ -181,7 +186,7 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
         cv, test_size: k-fold cross-validation grouped by text, or one grouped train/test split.
         control: also train on Hewitt & Liang control labels and report selectivity.
         on_disk: (a store source) keep the features in files, not in memory — True for a temporary
-            folder, or a folder — and train the logistic probe on them in chunks: for data sets whose
+            folder, or a folder — and train the logistic or ridge probe on them in chunks: for data sets whose
             per-layer vectors do not fit in memory (each pass re-reads them).
     """
     if isinstance(source, Features):

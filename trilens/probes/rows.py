@@ -1,7 +1,7 @@
 """A layer's examples as a matrix that a solver reads in passes: held in memory, or in chunks from disk.
 
-A linear probe only ever needs three things from its ``[n, d]`` features: ``X @ W``, ``X.T @ R`` and
-per-feature moments. ``Rows`` gives those for a tensor; ``ChunkedRows`` gives the same for arrays
+A linear probe only ever needs four things from its ``[n, d]`` features: ``X @ W``, ``X.T @ R``,
+per-feature moments and (ridge) the centred Gram matrix. ``Rows`` gives those for a tensor; ``ChunkedRows`` gives the same for arrays
 read a chunk at a time (features written to a file on disk, or any list of arrays), so a probe can
 be trained on more examples than fit in memory at the cost of re-reading them once per pass.
 """
@@ -28,7 +28,35 @@ def _transposed_times(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return (r.T.contiguous() @ x).T
 
 
-class Rows:
+class _RowSource:
+    """What both kinds of rows share: statistics computed from consecutive parts of the rows."""
+
+    n: int
+
+    def parts(self):
+        """Consecutive ``(start, x [m, d] float32)`` parts covering every row once."""
+        raise NotImplementedError
+
+    def _weighted_parts(self, weight: torch.Tensor | None):
+        for start, x in self.parts():
+            yield x, (torch.ones(x.shape[0], dtype=torch.float64) if weight is None else weight[start:start + x.shape[0]])
+
+    def moments(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and variance (float64), weighted by ``weight [n]`` if given."""
+        return _weighted_moments(self._weighted_parts(weight))
+
+    def centred_gram(self, mean: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_i w_i (x_i - mean)(x_i - mean)^T`` ``[d, d]`` (float64 across parts, float32 within one)."""
+        gram = None
+        m32 = mean.float()
+        for x, w in self._weighted_parts(weight):
+            xc = x - m32
+            part = ((xc * w.to(xc.dtype)[:, None]).T @ xc).double()
+            gram = part if gram is None else gram + part
+        return gram
+
+
+class Rows(_RowSource):
     """``[n, d]`` features held in memory (float32)."""
 
     def __init__(self, x: torch.Tensor):
@@ -53,14 +81,11 @@ class Rows:
     def take(self, index: np.ndarray) -> torch.Tensor:
         return self.x[torch.as_tensor(np.asarray(index), dtype=torch.long)]
 
-    def moments(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature mean and variance (float64), weighted by ``weight [n]`` if given."""
-        if weight is None:
-            weight = torch.ones(self.n, dtype=torch.float64)
-        return _weighted_moments((self.x[i:i + BLOCK], weight[i:i + BLOCK]) for i in range(0, self.n, BLOCK))
+    def parts(self):
+        return ((i, self.x[i:i + BLOCK]) for i in range(0, self.n, BLOCK))
 
 
-class ChunkedRows:
+class ChunkedRows(_RowSource):
     """Features stored as consecutive row chunks, read (and converted to float32) one chunk per step.
 
     ``read(i)`` returns chunk ``i`` as an ``[sizes[i], dim]`` array. Memory holds one chunk at a time,
@@ -115,10 +140,8 @@ class ChunkedRows:
             out[torch.from_numpy(sel)] = self._read(int(i))[torch.from_numpy(index[sel] - self.bounds[i])]
         return out
 
-    def moments(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if weight is None:
-            weight = torch.ones(self.n, dtype=torch.float64)
-        return _weighted_moments((self._read(i), weight[self.bounds[i]:self.bounds[i + 1]]) for i in range(len(self.sizes)))
+    def parts(self):
+        return ((int(self.bounds[i]), self._read(i)) for i in range(len(self.sizes)))
 
 
 class RowWriter:
