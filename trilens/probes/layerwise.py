@@ -16,6 +16,7 @@ import torch
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.metrics import accuracy_score, f1_score, r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from .batched import fit_layers, fit_ridge_layers, fit_ridge_rows
@@ -143,9 +144,12 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
     if control:
         targets["control"] = control_labels(feat.types, labels, seed)
     rows = []
-    for fold, (tr, te) in enumerate(_splits(feat, kind, cv, test_size, seed)):
+    splits = _splits(feat, kind, cv, test_size, seed)
+    bar = tqdm(total=len(splits) * len(feat.x) * len(targets), desc="probing layers", unit="fit", disable=not progress)
+    for fold, (tr, te) in enumerate(splits):
         for stack, x in feat.x.items():
             for target, y in targets.items():
+                bar.set_postfix_str(f"fold {fold + 1}/{len(splits)} {stack} {target}")
                 if isinstance(x, torch.Tensor):
                     pred = fit_predict_layers(x[:, tr], y[tr], x[:, te], probe, kind, C=C, alpha=alpha,
                                               constant_ok=target == "control")
@@ -157,6 +161,8 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
                     for metric, value in _scores(kind, y[te], pred[layer]).items():
                         rows.append({"stack": stack, "layer": layer, "target": target, "fold": fold, "metric": metric,
                                      "value": value})
+                bar.update()
+    bar.close()
     n_classes = len(np.unique(labels)) if kind == "classification" else None
     info = {**feat.info, "probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "n": feat.n,
             "n_texts": int(len(np.unique(feat.groups))), "folds": cv if test_size is None else 1, "test_size": test_size,
@@ -207,7 +213,8 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
                 raise InputError("pass the texts (inputs) to run the model on.")
             feat = features_from_model(source, inputs, labels, level=level, pooling=pooling, subword=subword,
                                        stacks=stacks, batch_size=batch_size, truncate=truncate, progress=progress)
-    return evaluate_features(feat, probe=probe, cv=cv, test_size=test_size, control=control, seed=seed, C=C, alpha=alpha)
+    return evaluate_features(feat, probe=probe, cv=cv, test_size=test_size, control=control, seed=seed, C=C, alpha=alpha,
+                             progress=progress)
 
 
 def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: float = 1.0, alpha: float = 1.0,
