@@ -58,7 +58,7 @@ def test_lens_metrics_equal_their_definitions_across_block_edges(tiny):
     targets = torch.randint(0, model.vocab_size, (b, p), generator=torch.Generator().manual_seed(0))
     targets[1, -2:] = -1
     lens = LogitLens.from_model(model)
-    got = lens_states(model, lens, states, k=4, final=cache.logits, targets=targets, rows=5, block=2)  # ragged blocks
+    got = lens_states(lens, states, k=4, final=cache.logits, targets=targets, rows=5, block=2)  # ragged blocks
     with torch.no_grad():
         logits = torch.stack([lens(states[i], i) for i in range(n)]).float()
     logp, final = logits.log_softmax(-1), cache.logits.float().log_softmax(-1)

@@ -123,7 +123,7 @@ def _from_hub(source: str, **kw: Any) -> tuple[Any, Any, Architecture]:
     return _from_directory(Path(local), **kw)
 
 
-def _prepare_tokenizer(tokenizer: Any, hf: Any) -> Any:
+def _prepare_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is not None and tokenizer.pad_token_id is None:
         # Decoder-only tokenizers (GPT-2) have no pad token; padding is masked anyway.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -160,7 +160,7 @@ def load(
     if isinstance(source, TransformerBridge):
         hf = source.original_model
         arch = _architecture(type(hf).__name__, hf.config)
-        model = Model(source, _prepare_tokenizer(tokenizer or source.tokenizer, hf), arch.family, getattr(source.cfg, "model_name", type(hf).__name__))
+        model = Model(source, _prepare_tokenizer(tokenizer or source.tokenizer), arch.family, getattr(source.cfg, "model_name", type(hf).__name__))
         return model.to(torch_device) if torch_device else model
     if isinstance(source, torch.nn.Module):
         hf, tok, arch = source, tokenizer, _architecture(type(source).__name__, getattr(source, "config", None))
@@ -196,4 +196,4 @@ def load(
     if torch_device is not None:
         hf.to(torch_device)
     bridge = build_bridge_from_module(hf, type(hf).__name__, hf_config=hf.config, model_name=str(name))
-    return Model(bridge, _prepare_tokenizer(tok, hf), arch.family, str(name), has_trained_head=has_head)
+    return Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)

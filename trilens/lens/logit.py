@@ -66,7 +66,7 @@ def _targets(model: Model, cache: Any, batch_labels: torch.Tensor | None, stack:
 
 
 @torch.no_grad()
-def lens_states(model: Model, lens: Lens, states: torch.Tensor, *, k: int = 5, final: torch.Tensor | None = None,
+def lens_states(lens: Lens, states: torch.Tensor, *, k: int = 5, final: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, rows: int = 256, block: int = 64) -> dict[str, torch.Tensor]:
     """Metrics and top-k of ``lens`` on ``states`` ``[layer, batch, pos, d]``, in bounded memory.
 
@@ -128,7 +128,7 @@ def run_lens(model: Model, inputs: Any, lens: Lens | None = None, *, stack: str 
     states = cache.accumulated_resid(stack)
     final = cache.logits
     with torch.no_grad():
-        res = lens_states(model, lens, states, k=k, final=final if isinstance(lens, LogitLens) else None, targets=tgt)
+        res = lens_states(lens, states, k=k, final=final if isinstance(lens, LogitLens) else None, targets=tgt)
     used = set(res["top_ids"].unique().tolist()) | set(cache.ids[stack].unique().tolist()) | set(tgt[tgt >= 0].unique().tolist())
     names = model.tokenizer.convert_ids_to_tokens(sorted(used)) if model.tokenizer else []
     vocab = {i: s if s is not None else f"<{i}>" for i, s in zip(sorted(used), names)}

@@ -39,7 +39,7 @@ def control_labels(types: Sequence[str], labels: np.ndarray, seed: int = 0) -> n
     return np.asarray([assigned[t] for t in types])
 
 
-def _task_kind(labels: np.ndarray, probe: Any) -> str:
+def _task_kind(probe: Any) -> str:
     if isinstance(probe, str):
         return "regression" if probe == "ridge" else "classification"
     if is_regressor(probe):
@@ -136,7 +136,7 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
     """Probe every layer of every stack in ``feat``: per fold, the task (and its control) scores."""
     if isinstance(probe, str) and probe not in BUILTIN:
         raise InputError(f"probe must be one of {', '.join(BUILTIN)} or a scikit-learn estimator, not {probe!r}.")
-    kind = _task_kind(feat.labels, probe)
+    kind = _task_kind(probe)
     labels = feat.labels.astype(np.float64) if kind == "regression" else feat.labels
     if kind == "regression" and not np.isfinite(labels).all():
         raise InputError("regression labels must be finite numbers.")
@@ -220,7 +220,7 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
 def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: float = 1.0, alpha: float = 1.0,
                 train_name: str = "A", test_name: str = "B") -> ProbeResult:
     """Train on every example of ``train`` and score on ``test``, layer by layer (data set A -> B, or model A -> B)."""
-    kind = _task_kind(train.labels, probe)
+    kind = _task_kind(probe)
     rows = []
     for stack, x in train.x.items():
         if stack not in test.x:
