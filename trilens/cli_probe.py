@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ def read_labelled(path: Path, label: str, level: str) -> tuple[list[Any], list[A
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from sklearn.exceptions import ConvergenceWarning
+
     import trilens
     from .probes import probe_layers
+    from .probes.solver import MAX_ITER
 
     inputs, labels = read_labelled(args.data, args.label, args.level)
     if args.on_disk and not args.store:
@@ -50,10 +54,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
         source = ActivationStore(args.store)
     pooling: Any = int(args.pooling) if args.pooling.lstrip("-").isdigit() else args.pooling
-    result = probe_layers(source, inputs, labels, level=args.level, pooling=pooling, subword=args.subword,
-                          stacks=args.stacks, probe=args.probe, cv=args.cv, control=not args.no_control,
-                          seed=args.seed, batch_size=args.batch_size, truncate=args.truncate, tokenizer=model.tokenizer,
-                          on_disk=args.on_disk, progress=not args.no_progress)
+    with warnings.catch_warnings():  # an unconverged probe is reported below, in a line of its own
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = probe_layers(source, inputs, labels, level=args.level, pooling=pooling, subword=args.subword,
+                              stacks=args.stacks, probe=args.probe, cv=args.cv, control=not args.no_control, C=args.C,
+                              alpha=args.alpha, max_iter=MAX_ITER if args.max_iter is None else args.max_iter,
+                              seed=args.seed, batch_size=args.batch_size, truncate=args.truncate,
+                              tokenizer=model.tokenizer, on_disk=args.on_disk, progress=not args.no_progress)
     frame = result.layer_metrics()
     where = f"{model.name}" + (f" (activations from the store {args.store})" if args.store else "")
     print(f"{result.info['probe']} probe of {args.label!r} on {where}: {result.info['n']} examples from "
@@ -61,9 +68,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if result.info.get("majority") is not None:
         print(f"majority-class baseline {result.info['majority']:.3f}")
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if result.info.get("unconverged"):
+        print(f"note: {len(result.info['unconverged'])} logistic probe(s) did not converge within --max-iter "
+              f"{result.info['max_iter']}; raise --max-iter or lower --C")
     if args.out:
-        result.save(args.out)
-        result.figure().write_html(Path(args.out) / "probe.html", include_plotlyjs=True)
+        result.save(args.out, figure=True)
         print(f"\nsaved to {args.out} (probe.json, probe.html)")
     return 0
 
@@ -79,6 +88,9 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stacks", nargs="+", default=None, help="encoder and/or decoder (default: all)")
     p.add_argument("--probe", choices=["logistic", "ridge", "mlp"], default="logistic")
     p.add_argument("--cv", type=int, default=5)
+    p.add_argument("--C", type=float, default=1.0, help="logistic probe: inverse L2 strength (scikit-learn's C)")
+    p.add_argument("--max-iter", type=int, default=None, help="logistic probe: most L-BFGS iterations per layer (1000)")
+    p.add_argument("--alpha", type=float, default=1.0, help="ridge probe: L2 strength")
     p.add_argument("--no-control", action="store_true", help="skip the control task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)

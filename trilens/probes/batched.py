@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .rows import ChunkedRows, Rows
-from .solver import LogisticFit, fit_logistic
+from .rows import ChunkedRows, Rows, feature_scale
+from .solver import MAX_ITER, LogisticFit, fit_logistic
 
 
 @dataclass
@@ -23,44 +23,44 @@ class LayerLogistic:
 
     weight: torch.Tensor
     bias: torch.Tensor
-    mean: torch.Tensor  # [layer, dim]: features are standardised before the linear map
+    mean: torch.Tensor  # [layer, dim] float64: features are standardised before the linear map
     scale: torch.Tensor
     n_iter: torch.Tensor  # [layer] iterations until convergence
     converged: torch.Tensor  # [layer] bool: the gradient reached ``tol`` within ``max_iter``
 
-    def _raw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights and intercepts on the raw (unstandardised) features."""
+    def _centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weights on raw features, the float32 shift inputs are centred by, and the intercept after it."""
         raw = self.weight / self.scale[..., None]
-        return raw, self.bias - torch.einsum("ld,ldk->lk", self.mean, raw)
+        shift = self.mean.float()
+        bias = self.bias.double() - torch.einsum("ld,ldk->lk", self.mean - shift.double(), raw.double())
+        return raw, shift, bias.float()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``x [layer, n, dim]`` -> logits ``[layer, n, class]``."""
-        raw, bias = self._raw()
-        return torch.baddbmm(bias[:, None], x.to(raw.dtype), raw)
+        raw, shift, bias = self._centred()
+        return torch.baddbmm(bias[:, None], x.float() - shift[:, None], raw)
 
     def logits_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
         """Logits ``[n, class]`` of one layer's rows, in one pass (rows read in chunks stay on disk)."""
-        raw, bias = self._raw()
-        return rows.matmul(raw[layer]) + bias[layer]
+        raw, shift, bias = self._centred()
+        return rows.centred(shift[layer]).matmul(raw[layer]) + bias[layer]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).argmax(-1)
 
 
 def standardiser(x: torch.Tensor, standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer feature mean and scale of ``x [layer, n, dim]`` (scale 1 if not ``standardize`` or a feature is constant).
+    """Per-layer feature mean and scale of ``x [layer, n, dim]`` (scale 1 if not ``standardize`` or a feature is
+    constant: ``rows.feature_scale``).
 
     Centring never changes a model with an unpenalised intercept; it only helps the solver.
     """
-    mean = x.mean(1)
-    if not standardize:
-        return mean, torch.ones_like(mean)
-    std = x.std(1, unbiased=False)
-    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+    var, mean = torch.var_mean(x.double(), 1, unbiased=False)
+    return mean.to(x.dtype), feature_scale(mean, var, x.shape[1], standardize).to(x.dtype)
 
 
 def fit_layers(x: torch.Tensor | Sequence[Rows | ChunkedRows], y: torch.Tensor, n_classes: int, *, C: float = 1.0,
-               weight: torch.Tensor | None = None, max_iter: int = 200, tol: float = 1e-4, history: int = 10,
+               weight: torch.Tensor | None = None, max_iter: int = MAX_ITER, tol: float = 1e-4, history: int = 10,
                standardize: bool = True, workers: int | None = None) -> LayerLogistic:
     """Fit one multinomial logistic regression per layer of ``x [layer, n, dim]`` (or one ``Rows`` /
     ``ChunkedRows`` per layer) to labels ``y [n]`` (0..n_classes-1), scikit-learn's objective.
@@ -115,7 +115,9 @@ class LayerRidge:
     def predict_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
         """Predictions ``[n, target]`` for one layer's rows, in one pass (rows read in chunks stay on disk)."""
         raw = self.weight[layer] / self.scale[layer][:, None]
-        return rows.matmul(raw.float()).double() + (self.bias[layer] - self.mean[layer] @ raw)
+        shift = self.mean[layer].float()
+        return (rows.centred(shift).matmul(raw.float()).double()
+                + (self.bias[layer] - (self.mean[layer] - shift.double()) @ raw))
 
 
 def fit_ridge_layers(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, standardize: bool = True) -> LayerRidge:
@@ -146,11 +148,10 @@ def fit_ridge_rows(layers: Sequence[Rows | ChunkedRows], y: torch.Tensor, *, wei
     fits = []
     for rows in layers:
         mean, var = rows.moments(w)
-        std = var.sqrt()
-        scale = torch.where(std > 1e-12, std, torch.ones_like(std)) if standardize else torch.ones_like(std)
+        scale = feature_scale(mean, var, float(w.sum()), standardize)
         gram = rows.centred_gram(mean, w) / scale[:, None] / scale[None, :]
         gram += alpha * torch.eye(len(mean), dtype=torch.float64)
-        rhs = rows.rmatmul(weighted_y).double() / scale[:, None]
+        rhs = rows.centred(mean).rmatmul(weighted_y).double() / scale[:, None]  # centred: see Rows.centred
         fits.append((torch.linalg.solve(gram, rhs), mean, scale))
     return LayerRidge(weight=torch.stack([f[0] for f in fits]), bias=y_mean.expand(len(fits), -1).clone(),
                       mean=torch.stack([f[1] for f in fits]), scale=torch.stack([f[2] for f in fits]))

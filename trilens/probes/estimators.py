@@ -17,6 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .batched import fit_layers, fit_ridge_layers, standardiser
+from .solver import MAX_ITER
 
 
 def _encode_classes(estimator: BaseEstimator, y: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ class LogisticProbe(_Classifier):
     trainer that ``probe_layers`` uses for every layer.
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 200, tol: float = 1e-4, standardize: bool = True):
+    def __init__(self, C: float = 1.0, max_iter: int = MAX_ITER, tol: float = 1e-4, standardize: bool = True):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
@@ -70,8 +71,11 @@ class LogisticProbe(_Classifier):
         codes = _encode_classes(self, y)
         fitted = fit_layers(torch.as_tensor(X, dtype=torch.float32)[None], torch.as_tensor(codes), len(self.classes_),
                             C=self.C, max_iter=self.max_iter, tol=self.tol, standardize=self.standardize)
-        self.coef_ = (fitted.weight[0] / fitted.scale[0][:, None]).T.double().numpy()  # on the raw features
-        self.intercept_ = (fitted.bias[0] - (fitted.mean[0] / fitted.scale[0]) @ fitted.weight[0]).double().numpy()
+        coef = (fitted.weight[0].double() / fitted.scale[0].double()[:, None]).T  # [class, d] on the raw features
+        intercept = fitted.bias[0].double() - coef @ fitted.mean[0]
+        if len(self.classes_) == 2:  # scikit-learn's binary shapes: the logit of the second class over the first
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self.coef_, self.intercept_ = coef.numpy(), intercept.numpy()
         self.n_iter_ = int(fitted.n_iter[0])
         if not bool(fitted.converged[0]):
             warnings.warn(f"LogisticProbe did not reach tol={self.tol} in {self.n_iter_} iterations (max_iter="

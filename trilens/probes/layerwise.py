@@ -3,26 +3,31 @@
 The default logistic probe fits every layer with the L-BFGS of ``solver.py`` on scikit-learn's objective
 (on features in memory, or read in chunks from disk) and ridge solves all layers in one batched solve
 (see ``batched.py``); any scikit-learn estimator is cloned and looped over the layers instead.
-Folds group examples by text, so the words of one sentence never sit on both sides of a split.
+Folds group examples by text (copies of a text are one group), so neither the words of one sentence nor a
+copy of a training text sit on both sides of a split.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, f1_score, r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .batched import fit_layers, fit_ridge_layers, fit_ridge_rows
+from .batched import LayerLogistic, fit_layers, fit_ridge_layers, fit_ridge_rows
 from .representations import Features, features_from_model, features_from_store
 from .rows import ChunkedRows, Rows
 from .result import ProbeResult
+from .solver import MAX_ITER
 
 BUILTIN = ("logistic", "ridge", "mlp")
 
@@ -74,28 +79,58 @@ def _scores(kind: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]
     return {"accuracy": float(accuracy_score(y_true, pred)), "macro_f1": float(f1_score(y_true, pred, average="macro"))}
 
 
+@dataclass(frozen=True)
+class Training:
+    """How the built-in probes train: ``C`` (logistic, scikit-learn's inverse L2 strength), ``alpha`` (ridge)
+    and the logistic solver's stopping rule (gradient max-norm ``tol`` within ``max_iter`` iterations)."""
+
+    C: float = 1.0
+    alpha: float = 1.0
+    max_iter: int = MAX_ITER
+    tol: float = 1e-4
+
+    def __post_init__(self):
+        if not self.C > 0 or not self.alpha >= 0 or self.max_iter < 1 or not self.tol > 0:
+            raise InputError(f"need C > 0, alpha >= 0, max_iter >= 1 and tol > 0; got C={self.C}, alpha={self.alpha}, "
+                             f"max_iter={self.max_iter}, tol={self.tol}.")
+
+
+class Predictions(NamedTuple):
+    """Each layer's predictions ``[layer, n_test]`` and the layers whose logistic probe did not converge."""
+
+    values: np.ndarray
+    unconverged: list[int]
+
+
 def fit_predict_layers(x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, probe: Any, kind: str,
-                       C: float = 1.0, alpha: float = 1.0, constant_ok: bool = False) -> np.ndarray:
-    """Train one probe per layer of ``x_train [layer, n, d]`` and predict ``x_test`` -> ``[layer, n_test]``.
+                       training: Training = Training(), constant_ok: bool = False) -> Predictions:
+    """Train one probe per layer of ``x_train [layer, n, d]`` and predict ``x_test``.
 
     ``constant_ok``: a training split with one class predicts that class (a control task whose examples
     all share one word type has one label) instead of raising.
     """
     if kind == "classification" and len(np.unique(y_train)) < 2:
         if constant_ok:
-            return np.full((x_train.shape[0], x_test.shape[1]), y_train[0])
+            return Predictions(np.full((x_train.shape[0], x_test.shape[1]), y_train[0]), [])
         raise InputError(f"a training split holds one class only ({y_train[0]!r}): use fewer folds or more varied data.")
     if probe == "logistic":
         classes, codes = np.unique(y_train, return_inverse=True)
-        fitted = fit_layers(x_train, torch.as_tensor(codes), len(classes), C=C)
-        return classes[fitted.predict(x_test).numpy()]
+        fitted = fit_layers(x_train, torch.as_tensor(codes), len(classes), C=training.C, max_iter=training.max_iter,
+                            tol=training.tol)
+        return Predictions(classes[fitted.predict(x_test).numpy()], _unconverged(fitted))
     if probe == "ridge":
-        return fit_ridge_layers(x_train, torch.as_tensor(y_train.astype(np.float64)), alpha=alpha).predict(x_test)[..., 0].numpy()
+        ridge = fit_ridge_layers(x_train, torch.as_tensor(y_train.astype(np.float64)), alpha=training.alpha)
+        return Predictions(ridge.predict(x_test)[..., 0].numpy(), [])
     if probe == "mlp":
         from .estimators import MLPProbe
 
         probe = MLPProbe()
-    return np.stack([clone(probe).fit(x_train[k].numpy(), y_train).predict(x_test[k].numpy()) for k in range(x_train.shape[0])])
+    return Predictions(np.stack([clone(probe).fit(x_train[k].numpy(), y_train).predict(x_test[k].numpy())
+                                 for k in range(x_train.shape[0])]), [])
+
+
+def _unconverged(fitted: LayerLogistic) -> list[int]:
+    return [int(k) for k in (~fitted.converged).nonzero().flatten()]
 
 
 def layer_rows(x: torch.Tensor | list[ChunkedRows]) -> list[Rows | ChunkedRows]:
@@ -105,8 +140,8 @@ def layer_rows(x: torch.Tensor | list[ChunkedRows]) -> list[Rows | ChunkedRows]:
 
 def fit_predict_rows(train: Sequence[Rows | ChunkedRows], y: np.ndarray, train_index: np.ndarray,
                      test: Sequence[Rows | ChunkedRows], test_index: np.ndarray, probe: Any, kind: str,
-                     C: float = 1.0, alpha: float = 1.0, constant_ok: bool = False) -> np.ndarray:
-    """``fit_predict_layers`` for features read in chunks -> predictions ``[layer, len(test_index)]``.
+                     training: Training = Training(), constant_ok: bool = False) -> Predictions:
+    """``fit_predict_layers`` for features read in chunks (predictions ``[layer, len(test_index)]``).
 
     The logistic and ridge probes train on the chunks themselves (the training rows weighted 1, the
     others 0) and predict in one pass per layer, so no layer is ever held whole; the MLP and
@@ -119,23 +154,41 @@ def fit_predict_rows(train: Sequence[Rows | ChunkedRows], y: np.ndarray, train_i
         classes, codes = np.unique(y_train, return_inverse=True)
         full = np.zeros(len(y), dtype=np.int64)
         full[train_index] = codes
-        fitted = fit_layers(list(train), torch.as_tensor(full), len(classes), C=C, weight=weight)
-        return np.stack([classes[fitted.logits_rows(k, rows).argmax(-1).numpy()[test_index]] for k, rows in enumerate(test)])
+        fitted = fit_layers(list(train), torch.as_tensor(full), len(classes), C=training.C, weight=weight,
+                            max_iter=training.max_iter, tol=training.tol)
+        return Predictions(np.stack([classes[fitted.logits_rows(k, rows).argmax(-1).numpy()[test_index]]
+                                     for k, rows in enumerate(test)]), _unconverged(fitted))
     if probe == "ridge":
         full = np.zeros(len(y), dtype=np.float64)
         full[train_index] = y_train.astype(np.float64)
-        ridge = fit_ridge_rows(list(train), torch.as_tensor(full), weight=weight, alpha=alpha)
-        return np.stack([ridge.predict_rows(k, rows)[:, 0].numpy()[test_index] for k, rows in enumerate(test)])
-    return np.concatenate([fit_predict_layers(a.take(train_index)[None], y_train, b.take(test_index)[None], probe, kind,
-                                              C=C, alpha=alpha, constant_ok=constant_ok) for a, b in zip(train, test)])
+        ridge = fit_ridge_rows(list(train), torch.as_tensor(full), weight=weight, alpha=training.alpha)
+        return Predictions(np.stack([ridge.predict_rows(k, rows)[:, 0].numpy()[test_index] for k, rows in enumerate(test)]), [])
+    per_layer = [fit_predict_layers(a.take(train_index)[None], y_train, b.take(test_index)[None], probe, kind, training,
+                                    constant_ok=constant_ok) for a, b in zip(train, test)]
+    return Predictions(np.concatenate([p.values for p in per_layer]), [k for k, p in enumerate(per_layer) if p.unconverged])
+
+
+def _warn_unconverged(where: list[dict[str, Any]], total: int, training: Training) -> None:
+    if where:
+        layers = sorted({(w["stack"], w["layer"]) for w in where})
+        shown = ", ".join(f"{s} {k}" for s, k in layers[:8]) + (" ..." if len(layers) > 8 else "")
+        warnings.warn(f"{len(where)} of {total} logistic probes did not converge within max_iter={training.max_iter} "
+                      f"(gradient above tol={training.tol}; layers: {shown}); their scores may be low. Raise max_iter, "
+                      "or regularise more (a smaller C). The result's info['unconverged'] lists them.",
+                      ConvergenceWarning, stacklevel=3)
 
 
 def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
-                      control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0,
-                      progress: bool = False) -> ProbeResult:
-    """Probe every layer of every stack in ``feat``: per fold, the task (and its control) scores."""
+                      control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, max_iter: int = MAX_ITER,
+                      tol: float = 1e-4, progress: bool = False) -> ProbeResult:
+    """Probe every layer of every stack in ``feat``: per fold, the task (and its control) scores.
+
+    Logistic probes that do not converge within ``max_iter`` raise a ``ConvergenceWarning`` and are
+    listed in the result's ``info["unconverged"]`` (stack, layer, fold, target).
+    """
     if isinstance(probe, str) and probe not in BUILTIN:
         raise InputError(f"probe must be one of {', '.join(BUILTIN)} or a scikit-learn estimator, not {probe!r}.")
+    training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)
     kind = _task_kind(probe)
     labels = feat.labels.astype(np.float64) if kind == "regression" else feat.labels
     if kind == "regression" and not np.isfinite(labels).all():
@@ -143,7 +196,7 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
     targets = {"task": labels}
     if control:
         targets["control"] = control_labels(feat.types, labels, seed)
-    rows = []
+    rows, unconverged = [], []
     splits = _splits(feat, kind, cv, test_size, seed)
     bar = tqdm(total=len(splits) * len(feat.x) * len(targets), desc="probing layers", unit="fit", disable=not progress)
     for fold, (tr, te) in enumerate(splits):
@@ -151,32 +204,44 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
             for target, y in targets.items():
                 bar.set_postfix_str(f"fold {fold + 1}/{len(splits)} {stack} {target}")
                 if isinstance(x, torch.Tensor):
-                    pred = fit_predict_layers(x[:, tr], y[tr], x[:, te], probe, kind, C=C, alpha=alpha,
-                                              constant_ok=target == "control")
+                    pred = fit_predict_layers(x[:, tr], y[tr], x[:, te], probe, kind, training, constant_ok=target == "control")
                 else:
                     per_layer = layer_rows(x)
-                    pred = fit_predict_rows(per_layer, y, tr, per_layer, te, probe, kind, C=C, alpha=alpha,
+                    pred = fit_predict_rows(per_layer, y, tr, per_layer, te, probe, kind, training,
                                             constant_ok=target == "control")
-                for layer in range(len(pred)):
-                    for metric, value in _scores(kind, y[te], pred[layer]).items():
+                for layer in range(len(pred.values)):
+                    for metric, value in _scores(kind, y[te], pred.values[layer]).items():
                         rows.append({"stack": stack, "layer": layer, "target": target, "fold": fold, "metric": metric,
                                      "value": value})
+                unconverged += [{"stack": stack, "layer": k, "fold": fold, "target": target} for k in pred.unconverged]
                 bar.update()
     bar.close()
+    _warn_unconverged(unconverged, sum(_layer_count(x) for x in feat.x.values()) * len(splits) * len(targets), training)
     n_classes = len(np.unique(labels)) if kind == "classification" else None
     info = {**feat.info, "probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "n": feat.n,
             "n_texts": int(len(np.unique(feat.groups))), "folds": cv if test_size is None else 1, "test_size": test_size,
-            "seed": seed, "n_classes": n_classes,
+            "seed": seed, "n_classes": n_classes, **_training_info(probe, training), "unconverged": unconverged,
             "majority": float(np.unique(labels, return_counts=True)[1].max() / feat.n) if kind == "classification" else None}
     return ProbeResult(rows, info)
+
+
+def _layer_count(x: torch.Tensor | list[ChunkedRows]) -> int:
+    return x.shape[0] if isinstance(x, torch.Tensor) else len(x)
+
+
+def _training_info(probe: Any, training: Training) -> dict[str, Any]:
+    """The settings that shaped a built-in probe, for the result's provenance."""
+    if probe == "logistic":
+        return {"C": training.C, "max_iter": training.max_iter, "tol": training.tol}
+    return {"alpha": training.alpha} if probe == "ridge" else {}
 
 
 def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Sequence[Any] | None = None, *,
                  level: str = "sentence", pooling: str | int = "mean", subword: str = "first",
                  stacks: Sequence[str] | None = None, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
-                 control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, batch_size: int = 32,
-                 truncate: bool = False, tokenizer: Any = None, on_disk: bool | str = False,
-                 progress: bool = True) -> ProbeResult:
+                 control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, max_iter: int = MAX_ITER,
+                 tol: float = 1e-4, batch_size: int = 32, truncate: bool = False, tokenizer: Any = None,
+                 on_disk: bool | str = False, progress: bool = True) -> ProbeResult:
     """How well a probe decodes ``labels`` from every layer of ``source``.
 
     Args:
@@ -191,10 +256,14 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
             or any scikit-learn classifier / regressor.
         cv, test_size: k-fold cross-validation grouped by text, or one grouped train/test split.
         control: also train on Hewitt & Liang control labels and report selectivity.
+        C, max_iter, tol: the logistic probe's inverse L2 strength (scikit-learn's ``C``) and stopping rule;
+            a probe that does not converge warns and is listed in ``info["unconverged"]``.
+        alpha: the ridge probe's L2 strength.
         on_disk: (a store source) keep the features in files, not in memory — True for a temporary
             folder, or a folder — and train the logistic or ridge probe on them in chunks: for data sets whose
             per-layer vectors do not fit in memory (each pass re-reads them).
     """
+    training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)  # bad settings fail before the model runs
     if isinstance(source, Features):
         feat = source
     else:
@@ -213,15 +282,16 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
                 raise InputError("pass the texts (inputs) to run the model on.")
             feat = features_from_model(source, inputs, labels, level=level, pooling=pooling, subword=subword,
                                        stacks=stacks, batch_size=batch_size, truncate=truncate, progress=progress)
-    return evaluate_features(feat, probe=probe, cv=cv, test_size=test_size, control=control, seed=seed, C=C, alpha=alpha,
-                             progress=progress)
+    return evaluate_features(feat, probe=probe, cv=cv, test_size=test_size, control=control, seed=seed, C=training.C,
+                             alpha=training.alpha, max_iter=training.max_iter, tol=training.tol, progress=progress)
 
 
 def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: float = 1.0, alpha: float = 1.0,
-                train_name: str = "A", test_name: str = "B") -> ProbeResult:
+                max_iter: int = MAX_ITER, tol: float = 1e-4, train_name: str = "A", test_name: str = "B") -> ProbeResult:
     """Train on every example of ``train`` and score on ``test``, layer by layer (data set A -> B, or model A -> B)."""
+    training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)
     kind = _task_kind(probe)
-    rows = []
+    rows, unconverged = [], []
     for stack, x in train.x.items():
         if stack not in test.x:
             raise InputError(f"the test features have no {stack!r} stack; they have {list(test.x)}.")
@@ -233,12 +303,15 @@ def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: 
         y_train = train.labels.astype(np.float64) if kind == "regression" else train.labels
         y_test = test.labels.astype(np.float64) if kind == "regression" else test.labels
         if isinstance(x, torch.Tensor) and isinstance(xt, torch.Tensor):
-            pred = fit_predict_layers(x, y_train, xt, probe, kind, C=C, alpha=alpha)
+            pred = fit_predict_layers(x, y_train, xt, probe, kind, training)
         else:
-            pred = fit_predict_rows(a, y_train, np.arange(train.n), b, np.arange(test.n), probe, kind, C=C, alpha=alpha)
-        for layer in range(len(pred)):
-            for metric, value in _scores(kind, y_test, pred[layer]).items():
+            pred = fit_predict_rows(a, y_train, np.arange(train.n), b, np.arange(test.n), probe, kind, training)
+        for layer in range(len(pred.values)):
+            for metric, value in _scores(kind, y_test, pred.values[layer]).items():
                 rows.append({"stack": stack, "layer": layer, "target": "task", "fold": 0, "metric": metric, "value": value})
+        unconverged += [{"stack": stack, "layer": k, "fold": 0, "target": "task"} for k in pred.unconverged]
+    _warn_unconverged(unconverged, sum(_layer_count(x) for x in train.x.values()), training)
     info = {"probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "cross": True,
-            "train": train_name, "test": test_name, "n_train": train.n, "n": test.n, "folds": 1}
+            "train": train_name, "test": test_name, "n_train": train.n, "n": test.n, "folds": 1,
+            **_training_info(probe, training), "unconverged": unconverged}
     return ProbeResult(rows, info)

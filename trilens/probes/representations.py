@@ -33,7 +33,8 @@ class Features:
     """Per stack, ``x[stack]`` ``[layer, n, d]`` (layer 0 = embeddings) for ``n`` examples with ``labels``
     — a tensor, or one ``ChunkedRows`` per layer for features kept on disk.
 
-    ``groups[i]`` is the text example i came from (folds never split a text), ``types[i]`` the word
+    ``groups[i]`` is the text example i came from — the first of identical texts, so folds never split a text
+    nor put a copy of a training text in the test fold — and ``types[i]`` the word
     type (token level) or text (sentence level) that the control task keys its random labels on.
     """
 
@@ -46,6 +47,12 @@ class Features:
     @property
     def n(self) -> int:
         return len(self.labels)
+
+
+def same_text_groups(keys: Sequence[Any]) -> np.ndarray:
+    """Per text, the index of the first text with the same key: copies of a text form one group for the folds."""
+    first: dict[Any, int] = {}
+    return np.asarray([first.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
 
 
 def check_pooling(pooling: Any) -> None:
@@ -238,7 +245,8 @@ def features_from_model(model: Any, inputs: Sequence[Any], labels: Sequence[Any]
     if not ys:
         raise InputError("no labelled examples: every label was None.")
     x = {st: torch.cat(v, dim=1) for st, v in chunks.items()}
-    return Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
+    same = same_text_groups([text if isinstance(text, str) else repr(text) for text in inputs])
+    return Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
                     info={"model": model.name, "level": level, "pooling": pooling if level == "sentence" else subword})
 
 
@@ -313,12 +321,19 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         ys, groups, types = list(labels), list(range(store.n_texts)), [f"text {i}" for i in range(store.n_texts)]
         if texts is not None:
             types = list(texts)
-    feat = Features(x=x, labels=np.asarray(ys), groups=np.asarray(groups), types=types,
+    same = same_text_groups(_stored_tokens(store))
+    feat = Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
                     info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword,
                           "on_disk": str(folder) if folder else None})
     if on_disk is True:
         weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
     return feat
+
+
+def _stored_tokens(store: Any) -> list[bytes]:
+    """Per stored text, its token ids in every stack: identical texts have identical keys."""
+    per_stack = [(store.ids(st, as_="numpy"), store.offsets(st)) for st in store.manifest["stacks"]]
+    return [b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in per_stack) for i in range(store.n_texts)]
 
 
 def _to_float(shard: Any) -> torch.Tensor:

@@ -84,10 +84,13 @@ class ProbeResult:
                           xaxis_title="layer (0 = embeddings)", yaxis_title=metric)
         return fig
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, figure: bool = False) -> Path:
+        """Write ``probe.json`` (and with ``figure``, ``probe.html``: the figure, self-contained) to the folder ``path``."""
         path = Path(path)
         with atomic_dir(path) as tmp:
             (tmp / "probe.json").write_text(json.dumps({"format": "trilens.ProbeResult/1", "info": self.info, "rows": self.rows}))
+            if figure:
+                self.figure().write_html(tmp / "probe.html", include_plotlyjs=True)
         return path
 
     @classmethod

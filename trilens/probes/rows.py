@@ -41,9 +41,23 @@ class _RowSource:
         for start, x in self.parts():
             yield x, (torch.ones(x.shape[0], dtype=torch.float64) if weight is None else weight[start:start + x.shape[0]])
 
+    def centred(self, shift: torch.Tensor) -> _RowSource:
+        """The rows minus ``shift [d]`` (float32), for products that keep their digits.
+
+        A residual-stream feature can have a mean 10^5 times its spread (the CLS vector of early layers
+        barely moves); ``X @ w - mean @ w`` in float32 then loses every digit of the signal, while
+        ``(X - shift) @ w`` with ``shift`` = the float32 mean subtracts exactly (Sterbenz) and keeps them.
+        """
+        raise NotImplementedError
+
     def moments(self, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-feature mean and variance (float64), weighted by ``weight [n]`` if given."""
-        return _weighted_moments(self._weighted_parts(weight))
+        mean, var = _weighted_moments(self._weighted_parts(weight))
+        tiny = (var < 1e-30).nonzero().flatten()  # float32 squares below ~1e-38 round to 0: sum these in float64
+        if len(tiny):
+            parts = ((x[:, tiny], w) for x, w in self._weighted_parts(weight))
+            mean[tiny], var[tiny] = _weighted_moments(parts, torch.float64)
+        return mean, var
 
     def centred_gram(self, mean: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_i w_i (x_i - mean)(x_i - mean)^T`` ``[d, d]`` (float64 across parts, float32 within one)."""
@@ -61,6 +75,10 @@ class Rows(_RowSource):
 
     def __init__(self, x: torch.Tensor):
         self.x = x if x.dtype == torch.float32 else x.float()
+
+    def centred(self, shift: torch.Tensor) -> Rows:
+        """These rows minus ``shift [d]``: a copy. See ``_RowSource.centred``."""
+        return Rows(self.x - shift.float())
 
     @property
     def n(self) -> int:
@@ -121,6 +139,11 @@ class ChunkedRows(_RowSource):
     def n(self) -> int:
         return int(self.bounds[-1])
 
+    def centred(self, shift: torch.Tensor) -> ChunkedRows:
+        """These rows minus ``shift [d]``, subtracted from each chunk as it is read. See ``_RowSource.centred``."""
+        shift32 = shift.float().numpy()
+        return ChunkedRows(self.sizes, self.dim, lambda i: np.asarray(self._reader(i), dtype=np.float32) - shift32)
+
     def _read(self, i: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self._reader(i), dtype=np.float32))
 
@@ -164,19 +187,33 @@ class RowWriter:
         return ChunkedRows.from_file(self.path, self.n, self.dim, chunk_rows)
 
 
-def _weighted_moments(parts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean and variance (float64) from ``(x [m, d], weight [m])`` parts, in one pass (shifted sums)."""
+def feature_scale(mean: torch.Tensor, var: torch.Tensor, n: float, standardize: bool = True) -> torch.Tensor:
+    """Per-feature standard deviation to divide by: 1 where a feature is constant, by scikit-learn's test (a
+    variance within the float64 error bound of computing it; ``StandardScaler``'s rule, so a feature scaled by
+    1e-30 is still a feature), or everywhere when not ``standardize``."""
+    if not standardize:
+        return torch.ones_like(var)
+    eps = torch.finfo(torch.float64).eps
+    constant = var.double() <= n * eps * var.double() + (n * mean.double() * eps) ** 2
+    return torch.where(constant, torch.ones_like(var), var.sqrt())
+
+
+def _weighted_moments(parts, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean and variance (float64) from ``(x [m, d], weight [m])`` parts, in one pass (shifted sums,
+    in ``dtype`` within a part)."""
     total = s1 = s2 = shift = None
     for x, w in parts:
-        w32 = w.to(x.dtype)
+        x = x.to(dtype)
+        w = w.to(dtype)
         if shift is None:
-            shift = x[0].double()  # shifting by one example keeps the sums of squares well conditioned
-            total, s1, s2 = torch.zeros((), dtype=torch.float64), torch.zeros_like(shift), torch.zeros_like(shift)
-        xc = x - shift.to(x.dtype)
+            shift = x[0]  # shifting by one example keeps the sums of squares well conditioned
+            total, s1, s2 = (torch.zeros((), dtype=torch.float64), torch.zeros_like(shift, dtype=torch.float64),
+                             torch.zeros_like(shift, dtype=torch.float64))
+        xc = x - shift
         total += w.sum().double()
-        s1 += (w32 @ xc).double()  # float32 within a part, float64 across parts
-        s2 += (w32 @ (xc * xc)).double()
+        s1 += (w @ xc).double()  # in ``dtype`` within a part, float64 across parts
+        s2 += (w @ (xc * xc)).double()
     if total is None or total <= 0:
         raise ValueError("moments of no examples (every weight is zero).")
     mean_c = s1 / total
-    return shift + mean_c, (s2 / total - mean_c ** 2).clamp_min(0)
+    return shift.double() + mean_c, (s2 / total - mean_c ** 2).clamp_min(0)
