@@ -91,8 +91,11 @@ def test_layerwise_probing_study_quick_run(tmp_path):
     n_layers = 6
     truth = m["truth value at [MASK]"]["accuracy_by_layer"]
     assert len(truth) == n_layers + 1
-    # the trained model answers at [MASK]: its top layer carries the truth value, its embeddings cannot
-    assert truth[-1] > 0.85 and truth[0] < 0.6
-    assert m["subject number"]["accuracy_by_layer"][-1] > 0.9
+    # the trained model answers at [MASK]: its top layers carry the truth value, its lower layers barely
+    # (each distinct formula once, so no copy of a training formula is scored)
+    assert truth[-1] > 0.8 and truth[0] < 0.6 and max(truth[:3]) < 0.65
+    assert m["truth value (CLS)"]["control_by_layer"][-1] < 0.6  # a random label per formula: chance
+    assert m["subject number"]["accuracy_by_layer"][-1] > 0.85
     assert "cross: subformula values -> truth value at [MASK]" in m
+    assert all(v["unconverged_probes"] == 0 for v in m.values())  # every logistic probe converged
     assert len(list((tmp_path / "lp" / "figures").glob("bert_*.html"))) == 6

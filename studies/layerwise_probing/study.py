@@ -7,13 +7,16 @@ chance up to layer 15 of 24 and reach 99% only from layer 20: reasoning is decod
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import trilens
 from trilens.errors import ModelLoadError
-from trilens.probes import cross_probe, evaluate_features, features_from_model
+from trilens.capture.dataset import capture_dataset
+from trilens.probes import cross_probe, evaluate_features, features_from_store
 from trilens.study import StudyContext
 from trilens.zoo import tasks as T
 from trilens.zoo.formats import mlm_item
@@ -31,23 +34,37 @@ def subformula_labels(ex: T.Example) -> list[Any]:
     return labels
 
 
+def distinct(examples: list[T.Example]) -> list[T.Example]:
+    """The first example of each distinct text, in order."""
+    seen: set[str] = set()
+    return [ex for ex in examples if not (ex.text in seen or seen.add(ex.text))]
+
+
 def datasets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each probing task: texts in zoo:bert's format, labels, level and pooling."""
-    logic = T.logic(cfg["n_per_depth"], seed=cfg["seed"], depths=(1, 2, 3, 4), split="test")
+    """Each probing task: texts in zoo:bert's format (from one of two corpora), labels, level and pooling."""
+    # each distinct text once: the generators repeat short formulas and sentences (250 depth-1 draws hold 10
+    # formulas), and copies would weigh a few texts heavily in the folds
+    logic = distinct(T.logic(cfg["n_per_depth"], seed=cfg["seed"], depths=(1, 2, 3, 4), split="test"))
     texts = [mlm_item(ex).text for ex in logic]
-    agree = T.agreement(cfg["n_agreement"], seed=cfg["seed"], split="test")
+    agree = distinct(T.agreement(cfg["n_agreement"], seed=cfg["seed"], split="test"))
     a_texts = [mlm_item(ex).text for ex in agree]
     # the subject's number at every word of the sentence and at the masked verb; the adjective unlabelled
     a_words = [ex.meta["number"] + [ex.label, None] for ex in agree]
+    truth = [ex.target for ex in logic]
+    at_mask = [[None] * len(ex.text.split()) + [None, ex.target] for ex in logic]
+    subformulas = [subformula_labels(ex) + [None, None] for ex in logic]
     return {
-        "truth value (mean)": {"texts": texts, "labels": [ex.target for ex in logic], "level": "sentence", "pooling": "mean"},
-        "truth value (CLS)": {"texts": texts, "labels": [ex.target for ex in logic], "level": "sentence", "pooling": "first"},
-        "truth value at [MASK]": {"texts": texts, "labels": [[None] * len(ex.text.split()) + [None, ex.target] for ex in logic],
-                                  "level": "token"},
-        "formula depth": {"texts": texts, "labels": [ex.meta["depth"] for ex in logic], "level": "sentence", "pooling": "mean"},
-        "subformula values": {"texts": texts, "labels": [subformula_labels(ex) + [None, None] for ex in logic], "level": "token"},
-        "subject number": {"texts": a_texts, "labels": a_words, "level": "token"},
+        "truth value (mean)": _task(texts, truth, "logic", "sentence", "mean"),
+        "truth value (CLS)": _task(texts, truth, "logic", "sentence", "first"),
+        "truth value at [MASK]": _task(texts, at_mask, "logic", "token"),
+        "formula depth": _task(texts, [ex.meta["depth"] for ex in logic], "logic", "sentence", "mean"),
+        "subformula values": _task(texts, subformulas, "logic", "token"),
+        "subject number": _task(a_texts, a_words, "agreement", "token"),
     }, logic
+
+
+def _task(texts: list[str], labels: list[Any], corpus: str, level: str, pooling: str = "mean") -> dict[str, Any]:
+    return {"texts": texts, "labels": labels, "corpus": corpus, "level": level, "pooling": pooling}
 
 
 def run(ctx: StudyContext) -> None:
@@ -67,10 +84,18 @@ def run(ctx: StudyContext) -> None:
         ctx.say(f"  {'property':<24}{'chance':>7}  accuracy per layer" + " " * max(0, 7 * (n_layers + 1) - 18)
                 + f"{'best':>6}{'sel.':>7}")
         results, features = {}, {}
-        for task, spec in tasks.items():
-            feat = features_from_model(model, spec["texts"], spec["labels"], level=spec["level"],
-                                       pooling=spec.get("pooling", "mean"), batch_size=cfg["batch_size"], progress=ctx.progress)
-            features[task] = feat
+        with tempfile.TemporaryDirectory(prefix="trilens-probing-") as tmp:
+            # one forward pass per text set: each task pools its representation from the stored residual stream
+            stores = {}
+            for task, spec in tasks.items():
+                corpus = spec["corpus"]
+                if corpus not in stores:
+                    stores[corpus] = capture_dataset(model, spec["texts"], ["resid"], Path(tmp) / corpus,
+                                                     batch_size=cfg["batch_size"], dtype="float32", progress=ctx.progress)
+                features[task] = features_from_store(stores[corpus], spec["labels"], level=spec["level"],
+                                                     pooling=spec["pooling"], texts=spec["texts"],
+                                                     tokenizer=model.tokenizer, progress=False)
+        for task, feat in features.items():
             res = evaluate_features(feat, cv=cfg["cv"], seed=cfg["seed"])
             frame = res.layer_metrics()
             best = res.best_layer()
@@ -79,7 +104,8 @@ def run(ctx: StudyContext) -> None:
                              "std_by_layer": [round(v, 4) for v in frame["task_std"]],
                              "control_by_layer": [round(v, 4) for v in frame["control_mean"]],
                              "selectivity_by_layer": [round(v, 4) for v in frame["selectivity"]],
-                             "best_layer": best, "first_layer_within_2_points_of_best": int(
+                             "best_layer": best, "unconverged_probes": len(res.info["unconverged"]),
+                             "first_layer_within_2_points_of_best": int(
                                  next(k for k, v in enumerate(frame["task_mean"]) if v >= frame["task_mean"].max() - 0.02))}
             ctx.say(f"  {task:<24}{res.info['majority']:>7.2f}  " + "".join(f"{v:>7.2f}" for v in frame["task_mean"])
                     + f"{best:>6}{frame['selectivity'][best]:>7.2f}")
@@ -98,7 +124,8 @@ def run(ctx: StudyContext) -> None:
         ctx.say("  cross-probing (train on one, test on the other), accuracy per layer:")
         for label, res in cross.items():
             curve = res.curve()
-            results[f"cross: {label}"] = {"accuracy_by_layer": [round(v, 4) for v in curve], "best_layer": res.best_layer()}
+            results[f"cross: {label}"] = {"accuracy_by_layer": [round(v, 4) for v in curve], "best_layer": res.best_layer(),
+                                          "unconverged_probes": len(res.info["unconverged"])}
             ctx.say(f"  {label:<44}" + "".join(f"{v:>7.2f}" for v in curve))
         ctx.metric(name, results)
         upper = results["truth value at [MASK]"]["first_layer_within_2_points_of_best"]
