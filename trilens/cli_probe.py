@@ -64,7 +64,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     frame = result.layer_metrics()
     where = f"{model.name}" + (f" (activations from the store {args.store})" if args.store else "")
     print(f"{result.info['probe']} probe of {args.label!r} on {where}: {result.info['n']} examples from "
-          f"{result.info['n_texts']} texts, {result.info['folds']}-fold {result.metric} per layer (0 = embeddings)")
+          f"{result.info['n_texts']} distinct texts, {result.info['folds']}-fold {result.metric} per layer (0 = embeddings)")
     if result.info.get("majority") is not None:
         print(f"majority-class baseline {result.info['majority']:.3f}")
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
