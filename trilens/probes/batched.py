@@ -68,8 +68,8 @@ def fit_layers(x: torch.Tensor | Sequence[Rows | ChunkedRows], y: torch.Tensor, 
     Each layer runs the pass-counting L-BFGS of ``solver.py`` and stops when its gradient's
     max-norm is below ``tol`` (scikit-learn's criterion), so converged layers cost nothing more.
     Layers run side by side on ``workers`` threads (default: torch's thread count), each with
-    single-threaded products: the products are memory-bound, and two layers streaming at once read
-    more per second than one layer's product split over two threads.
+    single-threaded products: skinny products split over two threads gain little, two layers at once
+    nearly twice (measured: 1.04 s against 1.36 s one layer at a time, benchmarks/RESULTS.md).
 
     Args:
         C: inverse regularisation strength, as in scikit-learn's ``LogisticRegression``.

@@ -3,7 +3,7 @@
 The objective is scikit-learn's ``LogisticRegression``: ``C * sum(w_i * cross-entropy_i) + 0.5 * ||W||^2``
 (intercept not penalised; for two classes ``W`` is the one logit-difference vector, as in scikit-learn),
 divided by the total example weight, on standardised features. Reading the
-``[n, d]`` features is the whole cost of an evaluation (two skinny products, memory-bound on a CPU).
+``[n, d]`` features is the whole cost of an evaluation (two skinny products ``X @ W`` and ``X.T @ R``).
 Along a search direction ``p`` the logits are affine, ``z + t * (X p)``, so once ``X p`` is known every
 trial step of the line search costs only ``[n, classes]`` arithmetic; an iteration reads the data
 exactly twice (``X p`` and the gradient ``X.T r``), where a generic L-BFGS reads it twice per trial.
