@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .rows import ChunkedRows, Rows, feature_scale
+from .rows import ChunkedRows, Rows, centred_times, feature_scale, split_mean
 from .solver import MAX_ITER, LogisticFit, fit_logistic
 
 
@@ -28,22 +28,16 @@ class LayerLogistic:
     n_iter: torch.Tensor  # [layer] iterations until convergence
     converged: torch.Tensor  # [layer] bool: the gradient reached ``tol`` within ``max_iter``
 
-    def _centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Weights on raw features, the float32 shift inputs are centred by, and the intercept after it."""
-        raw = self.weight / self.scale[..., None]
-        shift = self.mean.float()
-        bias = self.bias.double() - torch.einsum("ld,ldk->lk", self.mean - shift.double(), raw.double())
-        return raw, shift, bias.float()
-
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [layer, n, dim]`` -> logits ``[layer, n, class]``."""
-        raw, shift, bias = self._centred()
-        return torch.baddbmm(bias[:, None], x.float() - shift[:, None], raw)
+        """``x [layer, n, dim]`` -> logits ``[layer, n, class]`` (inputs centred first: see ``Rows.centred``)."""
+        raw = self.weight / self.scale[..., None]
+        shift, rest = split_mean(self.mean)
+        bias = self.bias.double() - torch.einsum("ld,ldk->lk", rest, raw.double())
+        return torch.baddbmm(bias.float()[:, None], x.float() - shift[:, None], raw)
 
     def logits_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
         """Logits ``[n, class]`` of one layer's rows, in one pass (rows read in chunks stay on disk)."""
-        raw, shift, bias = self._centred()
-        return rows.centred(shift[layer]).matmul(raw[layer]) + bias[layer]
+        return centred_times(rows, self.mean[layer], self.weight[layer] / self.scale[layer][:, None]) + self.bias[layer]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).argmax(-1)
@@ -114,10 +108,7 @@ class LayerRidge:
 
     def predict_rows(self, layer: int, rows: Rows | ChunkedRows) -> torch.Tensor:
         """Predictions ``[n, target]`` for one layer's rows, in one pass (rows read in chunks stay on disk)."""
-        raw = self.weight[layer] / self.scale[layer][:, None]
-        shift = self.mean[layer].float()
-        return (rows.centred(shift).matmul(raw.float()).double()
-                + (self.bias[layer] - (self.mean[layer] - shift.double()) @ raw))
+        return centred_times(rows, self.mean[layer], self.weight[layer] / self.scale[layer][:, None]) + self.bias[layer]
 
 
 def fit_ridge_layers(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, standardize: bool = True) -> LayerRidge:

@@ -277,6 +277,7 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
             raise InputError(f"these {len(texts)} texts are not the ones the store at {store.path} was captured from "
                              f"({store.n_texts} texts; their fingerprint differs): pass the stored texts, in order.")
     stacks = list(stacks or store.manifest["stacks"])
+    stored_ids = {st: (store.ids(st, as_="numpy"), store.offsets(st)) for st in store.manifest["stacks"]}
     folder = None
     if on_disk:
         folder = Path(tempfile.mkdtemp(prefix="trilens-features-")) if on_disk is True else Path(on_disk)
@@ -292,7 +293,7 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         if level == "sentence":
             members = Members.of_texts(torch.tensor(offsets[:-1]), torch.as_tensor(lengths), pooling)
         else:
-            all_ids = store.ids(st, as_="numpy")
+            all_ids = stored_ids[st][0]
             picks = []  # global token rows per labelled word
             for i, text in enumerate(texts):
                 p, wy, wt = _word_rows(tokenizer, text, all_ids[offsets[i]:offsets[i + 1]].tolist(), labels[i], i, subword)
@@ -321,19 +322,15 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         ys, groups, types = list(labels), list(range(store.n_texts)), [f"text {i}" for i in range(store.n_texts)]
         if texts is not None:
             types = list(texts)
-    same = same_text_groups(_stored_tokens(store))
+    # identical texts have identical token ids in every stack
+    same = same_text_groups([b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in stored_ids.values())
+                             for i in range(store.n_texts)])
     feat = Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
                     info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword,
                           "on_disk": str(folder) if folder else None})
     if on_disk is True:
         weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
     return feat
-
-
-def _stored_tokens(store: Any) -> list[bytes]:
-    """Per stored text, its token ids in every stack: identical texts have identical keys."""
-    per_stack = [(store.ids(st, as_="numpy"), store.offsets(st)) for st in store.manifest["stacks"]]
-    return [b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in per_stack) for i in range(store.n_texts)]
 
 
 def _to_float(shard: Any) -> torch.Tensor:

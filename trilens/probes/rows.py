@@ -187,6 +187,18 @@ class RowWriter:
         return ChunkedRows.from_file(self.path, self.n, self.dim, chunk_rows)
 
 
+def split_mean(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` as a float32 shift that rows subtract exactly (``centred``) plus the float64 remainder."""
+    shift = mean.float()
+    return shift, mean.double() - shift.double()
+
+
+def centred_times(rows: _RowSource, mean: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(X - mean) @ w`` ``[n, k]`` (float64) in one pass over ``rows``, keeping its digits (see ``centred``)."""
+    shift, rest = split_mean(mean)
+    return rows.centred(shift).matmul(w.float()).double() - rest @ w.double()
+
+
 def feature_scale(mean: torch.Tensor, var: torch.Tensor, n: float, standardize: bool = True) -> torch.Tensor:
     """Per-feature standard deviation to divide by: 1 where a feature is constant, by scikit-learn's test (a
     variance within the float64 error bound of computing it; ``StandardScaler``'s rule, so a feature scaled by

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .rows import ChunkedRows, Rows, feature_scale
+from .rows import ChunkedRows, Rows, feature_scale, split_mean
 
 # Probes on real residual streams (correlated, near-separable features) need 200-300 L-BFGS iterations
 # where planted data need 20: at 200 every MiniLM layer stopped short. Converged layers stop early.
@@ -56,9 +56,8 @@ class _Objective:
         self.scale = feature_scale(mean, var, total, standardize)
         self.rows = rows
         if bool((mean.abs() > CENTRE_ABOVE * self.scale).any()):
-            shift = mean.float()
+            shift, mean = split_mean(mean)  # products read the shifted rows; what is left of the mean is tiny
             self.rows = rows.centred(shift)
-            mean = mean - shift.double()  # what is left after the shift: tiny
         self.mean = mean  # of the rows the products read
 
     def logits(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
