@@ -4,44 +4,20 @@ command line, on activations the model computes or that a store holds."""
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .cli import row_input
-from .errors import InputError
-
-
-def read_labelled(path: Path, label: str, level: str) -> tuple[list[Any], list[Any]]:
-    """(inputs, labels) from JSON lines with "text" (or "source"/"target") and the label field."""
-    if not path.exists():
-        raise InputError(f"data file {path} does not exist.")
-    inputs, labels = [], []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
-        if label not in row:
-            raise InputError(f"{path}:{i} has no field {label!r}; its fields: {', '.join(row)}.")
-        inputs.append(row_input(row, path, i))
-        if level == "token" and not isinstance(row[label], list):
-            raise InputError(f"{path}:{i}: at token level {label!r} must be a list with one label per word.")
-        labels.append(row[label])
-    if not inputs:
-        raise InputError(f"data file {path} is empty.")
-    return inputs, labels
+from ..errors import InputError
+from .readers import read_labelled
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from sklearn.exceptions import ConvergenceWarning
 
     import trilens
-    from .probes import probe_layers
-    from .probes.solver import MAX_ITER
+    from ..probes import probe_layers
+    from ..probes.solver import MAX_ITER
 
     inputs, labels = read_labelled(args.data, args.label, args.level)
     if args.on_disk and not args.store:
@@ -50,7 +26,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = trilens.load(args.model)
     source: Any = model
     if args.store:
-        from .capture.store import ActivationStore
+        from ..capture.store import ActivationStore
 
         source = ActivationStore(args.store)
     pooling: Any = int(args.pooling) if args.pooling.lstrip("-").isdigit() else args.pooling
@@ -77,7 +53,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_probe_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="layerwise probes: how decodable a label is at every layer")
     p.add_argument("model")
     p.add_argument("--data", type=Path, required=True, help="JSON lines with \"text\" (or source/target) and the label")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -23,7 +23,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def cmd_study_list(args: argparse.Namespace) -> int:
-    from .study import list_studies
+    from ..study import list_studies
 
     for name, what in list_studies(args.studies_dir).items():
         print(f"  {name:<22}{what}")
@@ -31,7 +31,7 @@ def cmd_study_list(args: argparse.Namespace) -> int:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from .study import run_study
+    from ..study import run_study
 
     out = args.out or Path("study-results") / args.name
     ctx = run_study(args.name, out, quick=args.quick, overrides=_overrides(args.set), path=args.studies_dir,
@@ -41,7 +41,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_study_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("study", help="run the scripted studies that reproduce published findings")
     ssub = study.add_subparsers(dest="study_command", required=True)
     p = ssub.add_parser("list", help="the studies and what each asks")

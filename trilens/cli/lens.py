@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
+from .readers import read_plain_texts
 
 
 def _grid(result: Any, sequence: int, width: int = 10) -> str:
@@ -28,7 +29,7 @@ def _metrics_table(frame: Any) -> str:
 
 def cmd_lens_logit(args: argparse.Namespace) -> int:
     import trilens
-    from .lens import logit_lens
+    from ..lens import logit_lens
 
     model = trilens.load(args.model)
     inputs: Any = args.text
@@ -48,7 +49,7 @@ def cmd_lens_logit(args: argparse.Namespace) -> int:
 
 def cmd_lens_decoder(args: argparse.Namespace) -> int:
     import trilens
-    from .lens import decoder_lens
+    from ..lens import decoder_lens
 
     model = trilens.load(args.model)
     refs = [args.reference] if args.reference is not None else None
@@ -60,21 +61,12 @@ def cmd_lens_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _texts(path: Path) -> list[str]:
-    from .cli import _read_texts
-
-    texts = _read_texts(path)
-    if any(not isinstance(t, str) for t in texts):
-        raise InputError("the tuned lens trains on plain texts (one per line, or jsonl with a \"text\" field).")
-    return texts
-
-
 def cmd_lens_tuned(args: argparse.Namespace) -> int:
     import trilens
-    from .lens import TunedLens, logit_lens, run_lens
+    from ..lens import TunedLens, logit_lens, run_lens
 
     model = trilens.load(args.model)
-    texts = _texts(args.texts)
+    texts = read_plain_texts(args.texts, "the tuned lens")
     if args.action == "train":
         lens = TunedLens.from_model(model)
         losses = lens.fit(model, texts, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -91,7 +83,7 @@ def cmd_lens_tuned(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_lens_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     lens = sub.add_parser("lens", help="logit, decoder and tuned lenses").add_subparsers(dest="lens", required=True)
     p = lens.add_parser("logit", help="the logit lens on one text")
     p.add_argument("model")

@@ -1,0 +1,42 @@
+"""``trilens capture MODEL --texts F --sites ... --out DIR``: stream a corpus's activations to a store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .readers import read_texts
+
+
+def run(args: argparse.Namespace) -> int:
+    import trilens
+    from ..capture.dataset import capture_dataset
+
+    texts = read_texts(args.texts)
+    model = trilens.load(args.model)
+    store = capture_dataset(model, texts, args.sites, args.out, batch_size=args.batch_size,
+                            texts_per_shard=args.texts_per_shard, dtype=args.dtype, resume=args.resume,
+                            overwrite=args.overwrite, shard=args.shard, truncate=args.truncate,
+                            progress=not args.no_progress)
+    if store is None:
+        print(f"part {args.shard} written to {args.out}; the store is complete once every part has run.")
+    else:
+        print(store)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("capture", help="stream activations of a corpus to an activation store")
+    p.add_argument("model")
+    p.add_argument("--texts", type=Path, required=True, help="one text per line, or .jsonl with text or source/target")
+    p.add_argument("--sites", nargs="+", required=True, help="hook names or kinds, e.g. resid_post")
+    p.add_argument("--out", type=Path, required=True, help="the store's folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--texts-per-shard", type=int, default=256)
+    p.add_argument("--dtype", default=None, help="dtype on disk, e.g. float16")
+    p.add_argument("--shard", default=None, help="i/n: do only part i of n (run n processes, the store merges them)")
+    p.add_argument("--resume", action="store_true", help="continue a matching capture in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
