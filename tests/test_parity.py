@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+import trilens
 from conftest import ARCHS
-from tiny import FAMILY, reference
+from tiny import FAMILY, UNEQUAL, build, reference
 
 # HF's last hidden state already went through the final norm for these (never norm twice).
 FINAL_NORMED = {"gpt2": "ln_final", "gpt_neox": "ln_final", "llama": "ln_final", "qwen2": "ln_final",
-                "t5": ("encoder_ln_final", "decoder_ln_final")}
+                **{name: ("encoder_ln_final", "decoder_ln_final") for name in ["t5", "pegasus", "pegasus_3_2", "pegasus_2_3"]}}
 TEXTS = ["the cat sat on the mat and the dog sat", "x y z", "she was here"]
 PAIRS = [("the cat sat on the mat", "mat the on sat cat the"), ("x y z one two", "two"), ("she", "he was there")]
 
@@ -39,9 +40,13 @@ def _check_stack(cache, stack, hidden, attentions, final_site, atol=1e-5):
         torch.testing.assert_close(pats[layer], attentions[layer], atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("name", ARCHS + list(UNEQUAL))
 def test_resid_patterns_and_logits_equal_hf(name, tiny, tiny_path):
     model = tiny(name)
+    if name in UNEQUAL:  # stacks of unequal depth load with their own layer counts
+        enc, dec = (int(n) for n in name.split("_")[-2:])
+        assert model.n_layers == {"encoder": enc, "decoder": dec}
+        assert len(model.sites(kind="cross_attn_pattern")) == dec
     path = tiny_path(name)
     final = FINAL_NORMED.get(name)
     if model.family == "encoder-decoder":
@@ -86,3 +91,22 @@ def test_headless_bert_matches_bertmodel_hidden_states(tiny, tiny_path):
         out = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     cache = model.trace(TEXTS, sites="resid")
     torch.testing.assert_close(cache.accumulated_resid(), torch.stack(out.hidden_states), atol=1e-5, rtol=0)
+
+
+def test_unequal_head_counts_are_refused_at_load_with_the_reason():
+    import transformers as T
+
+    cfg = T.BartConfig(vocab_size=100, encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=4,
+                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+    with pytest.raises(trilens.UnsupportedArchitectureError, match="same number of heads"):
+        trilens.load(T.BartForConditionalGeneration(cfg))
+
+
+def test_unequal_depths_leave_transformer_lens_registry_as_it_was():
+    """The adapter that accepts unequal depths is used for one build only: TransformerLens's own still refuses."""
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    hf, _ = build("bart_3_2")
+    trilens.load(hf)
+    with pytest.raises(ValueError, match="symmetric"):
+        build_bridge_from_module(hf, type(hf).__name__, hf_config=hf.config)

@@ -24,10 +24,14 @@ CONFIGS = {
     "t5": (T.T5Config, dict(num_layers=2, num_decoder_layers=2, d_model=32, d_kv=8, num_heads=4, d_ff=64, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0), T.T5ForConditionalGeneration),
     "bart": (T.BartConfig, dict(encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=None), T.BartForConditionalGeneration),
     "marian": (T.MarianConfig, dict(encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0, forced_eos_token_id=None), T.MarianMTModel),
+    "pegasus": (T.PegasusConfig, dict(encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0, forced_eos_token_id=None), T.PegasusForConditionalGeneration),
 }
+# Encoder-decoders whose stacks differ in depth, as distilled checkpoints do (e.g. "bart_3_2": 3 encoder, 2 decoder layers).
+UNEQUAL = {f"{base}_{enc}_{dec}": (CONFIGS[base][0], {**CONFIGS[base][1], "encoder_layers": enc, "decoder_layers": dec}, CONFIGS[base][2])
+           for base in ("bart", "marian", "pegasus") for enc, dec in ((3, 2), (2, 3))}
 FAMILY = {"gpt2": "decoder", "gpt_neox": "decoder", "llama": "decoder", "qwen2": "decoder", "bert": "encoder",
           "bert_headless": "encoder", "roberta": "encoder", "t5": "encoder-decoder", "bart": "encoder-decoder",
-          "marian": "encoder-decoder"}
+          "marian": "encoder-decoder", "pegasus": "encoder-decoder", **{name: "encoder-decoder" for name in UNEQUAL}}
 
 
 def make_tokenizer(family: str) -> T.PreTrainedTokenizerFast:
@@ -46,7 +50,7 @@ def make_tokenizer(family: str) -> T.PreTrainedTokenizerFast:
 
 def build(name: str, seed: int = 0):
     """A tiny random HF model of ``name`` (eager attention) and its tokenizer."""
-    cfg_cls, kw, model_cls = CONFIGS[name]
+    cfg_cls, kw, model_cls = {**CONFIGS, **UNEQUAL}[name]
     cfg = cfg_cls(vocab_size=VOCAB, **kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)

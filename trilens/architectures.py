@@ -36,6 +36,7 @@ TESTED_ARCHITECTURES: dict[str, Architecture] = {
         Architecture("T5ForConditionalGeneration", "encoder-decoder"),
         Architecture("BartForConditionalGeneration", "encoder-decoder"),
         Architecture("MarianMTModel", "encoder-decoder"),
+        Architecture("PegasusForConditionalGeneration", "encoder-decoder"),
     )
 }
 

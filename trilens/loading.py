@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .adapters import build_bridge
 from .architectures import Architecture, resolve, supported_summary
 from .devices import as_device, as_dtype
 from .errors import ModelLoadError, UnsupportedArchitectureError
@@ -151,7 +152,6 @@ def load(
         hf_kwargs: passed to ``from_pretrained``.
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
     torch_dtype = as_dtype(dtype)
     torch_device = as_device(device)
@@ -195,5 +195,5 @@ def load(
     hf.eval()
     if torch_device is not None:
         hf.to(torch_device)
-    bridge = build_bridge_from_module(hf, type(hf).__name__, hf_config=hf.config, model_name=str(name))
+    bridge = build_bridge(hf, str(name))
     return Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)

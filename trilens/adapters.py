@@ -1,0 +1,63 @@
+"""Build the ``TransformerBridge`` for an HF model, configuring TransformerLens's adapters where real checkpoints need it.
+
+TransformerLens 4.3's BART-family adapters (BART, Marian, Pegasus, MBart, M2M100) refuse encoder and decoder stacks
+of different depths (``require_symmetric_layers``), although nothing in the bridge depends on it: each stack's blocks
+are built from its own HF module list, and hook names follow. Blenderbot's adapter already turns the check off. Real
+checkpoints are often unequal (distilled BART 12/6, many Marian and Pegasus distillations), so trilens builds those
+bridges with a subclass of the registered adapter that turns it off too. Different head counts or FFN widths per
+stack remain unsupported: the adapter keeps one ``n_heads`` and ``d_mlp`` for both stacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import UnsupportedArchitectureError
+
+_LOCK = threading.Lock()  # the adapter registry is process-wide: one build at a time swaps it
+_UNEQUAL: dict[type, type] = {}
+
+
+def _unequal_depths(base: type) -> type:
+    """The subclass of ``base`` that accepts encoder and decoder stacks of different depths."""
+    if base not in _UNEQUAL:
+        _UNEQUAL[base] = type(base.__name__, (base,), {"require_symmetric_layers": False, "__module__": __name__,
+                                                        "__doc__": f"{base.__name__} for stacks of unequal depth."})
+    return _UNEQUAL[base]
+
+
+@contextmanager
+def _adapter_for_unequal_depths(architecture: str) -> Iterator[None]:
+    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory as factory
+
+    factory.discover_entry_points()
+    base = factory._adapters.get(architecture)
+    if base is None or not getattr(base, "require_symmetric_layers", False):
+        yield
+        return
+    factory.register_adapter(architecture, _unequal_depths(base))
+    try:
+        yield
+    finally:
+        factory.register_adapter(architecture, base)
+
+
+def build_bridge(hf: Any, name: str) -> Any:
+    """The ``TransformerBridge`` around ``hf`` (its own modules, so its outputs stay HF's)."""
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    architecture = type(hf).__name__
+    with _LOCK, _adapter_for_unequal_depths(architecture):
+        try:
+            return build_bridge_from_module(hf, architecture, hf_config=hf.config, model_name=name)
+        except ValueError as err:
+            if "symmetric" not in str(err):
+                raise
+            raise UnsupportedArchitectureError(
+                f"TransformerLens's {architecture} adapter cannot wrap this checkpoint: {err} Both stacks share one "
+                "attention and MLP shape in the bridge, so encoder and decoder must have the same number of heads "
+                "and the same FFN width (unequal depths are fine)."
+            ) from err
