@@ -50,7 +50,7 @@ def test_lens_commands(tiny_path, tmp_path, capsys):
     assert main(["lens", "decoder", str(tiny_path("bart")), "x y z", "--reference", "z y x", "--max-new-tokens", "3",
                  "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "layer  0:" in out and "layer  2:" in out and (tmp_path / "d" / "decoder_lens.json").exists()
+    assert "layer  0:" in out and "layer  2:" in out and (tmp_path / "d" / "result.json").exists()
     texts = tmp_path / "t.txt"
     texts.write_text("\n".join(["the cat sat on the mat", "x y z one two", "she was here and there"] * 4))
     assert main(["lens", "tuned", "train", str(tiny_path("gpt2")), "--texts", str(texts), "--out", str(tmp_path / "tl"),

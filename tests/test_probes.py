@@ -215,7 +215,7 @@ def test_probe_cli(tiny_path, tmp_path, capsys):
                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "selectivity" in printed and "3-fold accuracy" in printed
-    assert ProbeResult.load(tmp_path / "out").curve()[0] == 1.0 and (tmp_path / "out" / "probe.html").exists()
+    assert ProbeResult.load(tmp_path / "out").curve()[0] == 1.0 and (tmp_path / "out" / "figure.html").exists()
     assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "nope"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
     # the same probe from a store captured by the CLI, features kept on disk

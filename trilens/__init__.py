@@ -6,11 +6,11 @@ from .capture import (
 from .errors import InputError, ModelLoadError, SiteError, StoreError, TrilensError, UnsupportedArchitectureError
 from .loading import load
 from .model import Model
-
-__version__ = "0.1.0"
+from .results import Result, list_results, load_result, register_result
+from .version import __version__
 
 __all__ = [
-    "load", "Model", "ActivationCache", "ActivationStore", "capture_dataset",
+    "load", "Model", "load_result", "Result", "register_result", "list_results", "__version__", "ActivationCache", "ActivationStore", "capture_dataset",
     "Intervention", "Patch", "Steer", "AblateHeads", "AblateNeurons", "Hook",
     "TrilensError", "ModelLoadError", "UnsupportedArchitectureError", "SiteError", "InputError", "StoreError",
 ]

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import html
-import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from ..atomic import atomic_dir, read_saved
-from ..errors import SiteError, closest
+from ..atomic import read_saved
+from ..errors import InputError, SiteError, closest
+from ..results import Result, group, register_result
 from ..sites import PATTERN_KINDS, Site
 
 
-class ActivationCache(Mapping):
+@register_result
+class ActivationCache(Result, Mapping):
     """Activations from one run, keyed by TransformerLens hook name.
 
     ``cache["blocks.3.hook_resid_post"]``, ``cache["resid_post", 3]`` or (encoder-decoder)
@@ -70,7 +68,8 @@ class ActivationCache(Mapping):
             return self.stacks[0]
         raise SiteError(f"this cache holds several stacks {sorted(present)}: pass the stack, e.g. cache[kind, layer, 'encoder'].")
 
-    def _lookup(self, kind: str, layer: int, stack: str | None) -> str:
+    def site_name(self, kind: str, layer: int, stack: str | None = None) -> str:
+        """The captured hook name of ``kind`` at ``layer`` (negative counts from the end) of ``stack``."""
         stack = self._default_stack(stack, kind)
         layers = [s.layer for s in self._sites.values() if s.stack == stack and s.layer is not None]
         n = max(layers, default=-1) + 1
@@ -82,7 +81,7 @@ class ActivationCache(Mapping):
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:
         if isinstance(key, tuple):
-            return self._acts[self._lookup(key[0], key[1], key[2] if len(key) > 2 else None)]
+            return self._acts[self.site_name(key[0], key[1], key[2] if len(key) > 2 else None)]
         if key in self._acts:
             return self._acts[key]
         hint = closest(key, list(self._acts))
@@ -115,7 +114,7 @@ class ActivationCache(Mapping):
         ``sites=["resid_pre", "resid_post"]`` or ``sites="resid"``).
         """
         stack = self._default_stack(stack)
-        first = self._lookup("resid_pre", 0, stack)
+        first = self.site_name("resid_pre", 0, stack)
         return torch.cat([self._acts[first][None], self.stack("resid_post", stack)])
 
     def mask(self, stack: str | None = None) -> torch.Tensor:
@@ -142,41 +141,70 @@ class ActivationCache(Mapping):
                          "mean_norm": float(norm.mean())})
         return pd.DataFrame(rows)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/activations.safetensors`` and ``path/cache.json`` (atomically, via a temp dir)."""
-        path = Path(path)
-        tensors = {f"act/{n}": t.contiguous() for n, t in self._acts.items()}
-        tensors.update({f"mask/{s}": m.to(torch.uint8).contiguous() for s, m in self.masks.items()})
-        tensors.update({f"ids/{s}": t.contiguous() for s, t in self.ids.items()})
-        tensors.update({f"positions/{s}": t.contiguous() for s, t in self.positions.items()})
+    def figure(self, site: str | None = None, *, head: int | None = None, sequence: int = 0):
+        """A figure of what was captured, for one sequence.
+
+        An attention pattern site (hook name) gives that pattern with token labels (one ``head``, or the mean
+        over heads); any other hook name or kind (``"resid_post"``) gives a layers x positions heatmap of the
+        activation's L2 norm. Without ``site``: the last captured pattern if any, else the first kind captured.
+        """
+        from ..viz.attention import pattern_figure
+
+        if not self._acts:
+            raise InputError("this cache is empty: nothing to draw.")
+        if site is None:
+            patterns = [n for n in self._acts if self._sites[n].kind in PATTERN_KINDS]
+            site = patterns[-1] if patterns else self._sites[next(iter(self._acts))].kind
+        if site in self._acts and self._sites[site].kind in PATTERN_KINDS:
+            return pattern_figure(self, site, head, sequence)
+        names = [site] if site in self._acts else self.names(site)
+        return self._norm_figure(names, sequence)
+
+    def _norm_figure(self, names: list[str], sequence: int):
+        from ..viz import layer_heatmap
+
+        kinds = {self._sites[n].kind for n in names}
+        if kinds & PATTERN_KINDS:
+            raise InputError("draw attention patterns one layer at a time: pass the hook name, e.g. cache.figure(name, head=0).")
+        stack = self._sites[names[0]].stack
+        first = self._acts[names[0]]
+        if not 0 <= sequence < first.shape[0]:
+            raise InputError(f"sequence {sequence} does not exist; this cache holds {first.shape[0]}.")
+        keep = self.masks[stack][sequence].nonzero().flatten().tolist() if stack in self.masks else list(range(first.shape[1]))
+        norms = torch.stack([self._acts[n][sequence].float().flatten(1).norm(dim=-1)[keep] for n in names])
+        tokens = self.tokens(stack)
+        labels = [tokens[sequence][i] for i in keep] if tokens else [str(i) for i in keep]
+        rows = [self._sites[n].layer if self._sites[n].layer is not None else n for n in names]
+        return layer_heatmap(norms, labels, layers=rows, colorbar="L2 norm", y_title="layer",
+                             title=f"{', '.join(sorted(kinds))} norm per position" + (f" — {self.info['model']}" if self.info.get("model") else ""))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors = {f"act/{n}": t for n, t in self._acts.items()}
+        tensors.update({f"mask/{s}": m.to(torch.uint8) for s, m in self.masks.items()})
+        tensors.update({f"ids/{s}": t for s, t in self.ids.items()})
+        tensors.update({f"positions/{s}": t for s, t in self.positions.items()})
         if self.logits is not None:
-            tensors["logits"] = self.logits.contiguous()
-        meta = {"format": "trilens.ActivationCache/1", "stacks": list(self.stacks), "info": self.info,
-                "tokens": self._tokens, "sites": {n: asdict(self._sites[n]) for n in self._acts}}
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "activations.safetensors")
-            (tmp / "cache.json").write_text(json.dumps(meta, indent=1))
-        return path
+            tensors["logits"] = self.logits
+        data = {"stacks": list(self.stacks), "tokens": self._tokens, "sites": {n: asdict(self._sites[n]) for n in self._acts}}
+        return data, tensors
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ActivationCache:
-        """Read a cache written by ``save``."""
-        meta, tensors = read_saved(path, "cache.json", "activations.safetensors", "ActivationCache")
-        group = lambda p: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}  # noqa: E731
+    def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> ActivationCache:
         return cls(
-            group("act/"), {n: Site(**s) for n, s in meta["sites"].items()}, stacks=tuple(meta["stacks"]),
-            masks={k: v.bool() for k, v in group("mask/").items()}, tokens=meta["tokens"], ids=group("ids/"),
-            positions=group("positions/"), logits=tensors.get("logits"), info=meta["info"],
+            group(tensors, "act/"), {n: Site(**s) for n, s in data["sites"].items()}, stacks=tuple(data["stacks"]),
+            masks={k: v.bool() for k, v in group(tensors, "mask/").items()}, tokens=data["tokens"], ids=group(tensors, "ids/"),
+            positions=group(tensors, "positions/"), logits=tensors.get("logits"), info=info,
         )
+
+    @classmethod
+    def _from_legacy(cls, path: Path) -> ActivationCache:
+        meta, tensors = read_saved(path, "cache.json", "activations.safetensors", "ActivationCache")
+        return cls._from_state(meta, tensors, meta["info"])
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in list(self._acts.items())[:4])
         more = f", ... ({len(self._acts)} sites)" if len(self._acts) > 4 else ""
         return f"ActivationCache({shapes}{more})"
 
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(n)}</td><td>{tuple(t.shape)}</td><td>{str(t.dtype).removeprefix('torch.')}</td></tr>"
-            for n, t in self._acts.items()
-        )
-        return f"<table><tr><th>site</th><th>shape</th><th>dtype</th></tr>{rows}</table>"
+    def _table_html(self) -> str:
+        return self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.3f}")

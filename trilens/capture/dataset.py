@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..devices import as_dtype, dtype_name
 from ..errors import InputError, StoreError
+from ..provenance import model_fingerprint
 from ..sites import PATTERN_KINDS
 from .trace import trace
 from .store import FORMAT, ActivationStore, merge, sha256_file, shard_name, write_json_atomic
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
     from ..model import Model
 
 log = logging.getLogger(__name__)
-
-
-def model_fingerprint(model: Model) -> str:
-    """A hash of the config and of a sample of every parameter: a different model -> a different hash."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    with torch.inference_mode():
-        for name, p in model.hf_model.named_parameters():
-            h.update(name.encode())
-            h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def texts_hash(texts: Sequence[Any]) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from ..devices import as_device, as_dtype
 from ..errors import InputError
+from ..provenance import provenance
 from .generation import Generation
 from .interventions import Intervention, RunState
 from .trace import intervention_hooks
@@ -86,7 +87,9 @@ def generate(
                                           return_dict_in_generate=True, output_logits=True, **kw)
     finally:
         handle.remove()
-    return Generation.from_run(model, batch, out, steps, once, names, info={
-        "model": model.name, "family": model.family, "sites": names, "max_new_tokens": max_new_tokens,
-        "generate_kwargs": {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool))},
-        "interventions": [type(i).__name__ for i in interventions]})
+    kwargs = {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool))}
+    interventions_used = [type(i).__name__ for i in interventions]
+    return Generation.from_run(model, batch, out, steps, once, names, info=provenance(
+        model, "generate", {"sites": names, "max_new_tokens": max_new_tokens, "generate_kwargs": kwargs,
+                            "interventions": interventions_used}, batch.input_ids.shape[0],
+        sites=names, max_new_tokens=max_new_tokens, generate_kwargs=kwargs, interventions=interventions_used))

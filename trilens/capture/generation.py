@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import html
-import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 
-from ..atomic import atomic_dir, read_saved
+from ..atomic import read_saved
 from ..errors import InputError
+from ..results import Result, group, register_result
 from ..sites import PATTERN_KINDS, Site
 from .cache import ActivationCache
 
@@ -43,7 +40,8 @@ def _live(generated: torch.Tensor, eos: list[int]) -> torch.Tensor:
     return done_before == 0
 
 
-class Generation:
+@register_result
+class Generation(Result):
     """The result of ``model.generate``: sequences, texts, per-step and assembled activations."""
 
     def __init__(self, *, sequences: torch.Tensor, prompt_length: int, generated_ids: torch.Tensor, texts: list[str],
@@ -112,43 +110,62 @@ class Generation:
                              "prob": float(probs[b, t, tid]) if probs is not None else None})
         return pd.DataFrame(rows)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the generation to folder ``path`` (safetensors + JSON), atomically."""
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            tensors = {"sequences": self.sequences.contiguous(), "generated_ids": self.generated_ids.contiguous()}
-            if self.logits is not None:
-                tensors["logits"] = self.logits
-            tensors.update({f"step/{t}/{n}": v.contiguous() for t, s in enumerate(self.steps) for n, v in s.items()})
-            tensors.update({f"encoder/{n}": v.contiguous() for n, v in self.encoder.items()})
-            save_file(tensors, tmp / "generation.safetensors")
-            (tmp / "generation.json").write_text(json.dumps({"format": "trilens.Generation/1", "texts": self.texts,
-                                                             "prompt_length": self.prompt_length, "n_steps": len(self.steps),
-                                                             "info": self.info}, indent=1))
-            self.cache.save(tmp / "cache")
-        return path
+    def figure(self, sequence: int | None = None):
+        """The probability of each generated token, per step (one line per sequence, or only ``sequence``)."""
+        from ..viz import curves
+
+        if self.logits is None:
+            raise InputError("this generation kept no logits, so there are no token probabilities to draw.")
+        frame = self.to_frame()
+        rows = range(self.generated_ids.shape[0]) if sequence is None else [sequence]
+        if sequence is not None and not 0 <= sequence < self.generated_ids.shape[0]:
+            raise InputError(f"sequence {sequence} does not exist; this generation holds {self.generated_ids.shape[0]}.")
+        steps = list(range(self.generated_ids.shape[1]))
+        series = {f"sequence {b}": frame[frame["sequence"] == b].sort_values("step")["prob"].to_numpy() for b in rows}
+        return curves(steps, series, title=f"probability of each generated token — {self.info.get('model', '')}",
+                      x_title="generation step", y_title="probability")
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors = {"sequences": self.sequences, "generated_ids": self.generated_ids}
+        if self.logits is not None:
+            tensors["logits"] = self.logits
+        tensors.update({f"step/{t}/{n}": v for t, s in enumerate(self.steps) for n, v in s.items()})
+        tensors.update({f"encoder/{n}": v for n, v in self.encoder.items()})
+        cache_data, cache_tensors = self.cache._state()
+        tensors.update({f"cache/{k}": v for k, v in cache_tensors.items()})
+        data = {"texts": self.texts, "prompt_length": self.prompt_length, "n_steps": len(self.steps), "cache": cache_data,
+                "cache_info": self.cache.info}
+        return data, tensors
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Generation:
-        path = Path(path)
-        meta, t = read_saved(path, "generation.json", "generation.safetensors", "Generation")
-        steps: list[dict[str, torch.Tensor]] = [{} for _ in range(meta["n_steps"])]
-        for k, v in t.items():
-            if k.startswith("step/"):
-                _, i, name = k.split("/", 2)
-                steps[int(i)][name] = v
-        return cls(sequences=t["sequences"], prompt_length=meta["prompt_length"], generated_ids=t["generated_ids"],
-                   texts=meta["texts"], logits=t.get("logits"), steps=steps,
-                   encoder={k[len("encoder/"):]: v for k, v in t.items() if k.startswith("encoder/")},
-                   cache=ActivationCache.load(path / "cache"), info=meta["info"])
+    def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Generation:
+        cache = ActivationCache._from_state(data["cache"], group(tensors, "cache/"), data.get("cache_info", info))
+        return cls._assemble(data, tensors, cache, info)
+
+    @classmethod
+    def _assemble(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], cache: ActivationCache,
+                  info: dict[str, Any]) -> Generation:
+        steps: list[dict[str, torch.Tensor]] = [{} for _ in range(data["n_steps"])]
+        for key, value in group(tensors, "step/").items():
+            i, name = key.split("/", 1)
+            steps[int(i)][name] = value
+        return cls(sequences=tensors["sequences"], prompt_length=data["prompt_length"], generated_ids=tensors["generated_ids"],
+                   texts=data["texts"], logits=tensors.get("logits"), steps=steps, encoder=group(tensors, "encoder/"),
+                   cache=cache, info=info)
+
+    @classmethod
+    def _from_legacy(cls, path: Path) -> Generation:
+        meta, tensors = read_saved(path, "generation.json", "generation.safetensors", "Generation")
+        return cls._assemble(meta, tensors, ActivationCache.load(path / "cache"), meta["info"])
 
     def __repr__(self) -> str:
         return (f"Generation({len(self.texts)} sequences, {self.generated_ids.shape[1]} new tokens, "
                 f"{self.n_steps} steps, sites={len(self.cache)})")
 
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{i}</td><td>{html.escape(t)}</td></tr>" for i, t in enumerate(self.texts))
-        return f"<table><tr><th>#</th><th>generated</th></tr>{rows}</table>{self.cache._repr_html_()}"
+    def _table_html(self) -> str:
+        import pandas as pd
+
+        return pd.DataFrame({"generated": self.texts}).to_html()
 
 
 __all__ = ["Generation"]

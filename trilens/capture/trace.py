@@ -14,6 +14,7 @@ import torch
 from ..devices import as_device, as_dtype
 from ..errors import InputError
 from ..inputs import Batch
+from ..provenance import provenance
 from ..sites import PATTERN_KINDS
 from .cache import ActivationCache
 from .interventions import Intervention, RunState
@@ -135,9 +136,9 @@ def trace(
         acts, {n: model.site_index.site(n) for n in names}, stacks=model.stacks, masks=masks, tokens=strings, ids=ids,
         positions={s: i for s, i in index.items() if i is not None},
         logits=all_logits,
-        info={"model": model.name, "architecture": model.architecture, "family": model.family,
-              "positions": positions if not isinstance(positions, torch.Tensor) else positions.tolist(),
-              "interventions": [type(i).__name__ for i in interventions]},
+        info=provenance(model, "trace", {"sites": names, "positions": positions, "batch_size": batch_size,
+                                         "interventions": [type(i).__name__ for i in interventions]}, n,
+                        positions=positions, interventions=[type(i).__name__ for i in interventions]),
     )
 
 

@@ -49,7 +49,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
               f"{result.info['max_iter']}; raise --max-iter or lower --C")
     if args.out:
         result.save(args.out, figure=True)
-        print(f"\nsaved to {args.out} (probe.json, probe.html)")
+        print(f"\nsaved to {args.out} (result.json, figure.html)")
     return 0
 
 
@@ -75,6 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="read the activations from this ActivationStore of the same texts instead of running MODEL")
     p.add_argument("--on-disk", action="store_true",
                    help="with --store: keep the per-layer features in temporary files and train on them in chunks")
-    p.add_argument("--out", type=Path, default=None, help="save the result (probe.json) and its figure here")
+    p.add_argument("--out", type=Path, default=None, help="save the result (result.json) and its figure (figure.html) here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_probe)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, TrilensError
+from ..provenance import provenance
 from .decoder_result import DecoderLensResult
 from .metrics import chrf, exact_match
 from .unembed import encoder_final_norm
@@ -114,5 +115,6 @@ def decoder_lens(
         per_layer["token_accuracy"] = token_acc
     return DecoderLensResult(sources=[s if isinstance(s, str) else str(s) for s in sources], references=references,
                              outputs=outputs, scores=per_layer,
-                             info={"model": model.name, "mode": mode, "n_encoder_layers": n_layers - 1,
-                                   "max_new_tokens": max_new_tokens})
+                             info=provenance(model, "decoder lens", {"mode": mode, "max_new_tokens": max_new_tokens},
+                                             len(sources), mode=mode, n_encoder_layers=n_layers - 1,
+                                             max_new_tokens=max_new_tokens))

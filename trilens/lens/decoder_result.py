@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_dir
 from ..errors import StoreError
+from ..results import Result, register_result
+
+_FIELDS = ("sources", "references", "outputs", "scores")
 
 
-class DecoderLensResult:
+@register_result
+class DecoderLensResult(Result):
     """``outputs[k][i]``: the decoder's output for source i when it reads encoder layer k (0 = embeddings).
 
     ``scores[metric][k][i]``: exact_match and chrf (with references), target_logprob and
@@ -63,39 +65,36 @@ class DecoderLensResult:
 
     def figure(self, metric: str | None = None, groups: list[Any] | None = None):
         """The score per encoder layer (one curve per group, if given)."""
-        import plotly.graph_objects as go
+        from ..viz import curves
 
         if not self.scores:
             raise StoreError("this result has no scores to plot: run the decoder lens with references.")
         metric = metric or next(iter(self.scores))
+        if metric not in self.scores:
+            raise StoreError(f"no score {metric!r}; this result has {', '.join(self.scores)}.")
         frame = self.layer_metrics(groups)
-        traces = ([go.Scatter(x=g["layer"], y=g[metric], mode="lines+markers", name=str(name))
-                   for name, g in frame.groupby("group")] if groups is not None
-                  else [go.Scatter(x=frame["layer"], y=frame[metric], mode="lines+markers", name=metric)])
-        fig = go.Figure(traces)
-        fig.update_layout(title=f"decoder lens — {self.info.get('model', '')}", xaxis_title="encoder layer read",
-                          yaxis_title=metric)
-        return fig
+        series = ({str(name): g[metric].to_numpy() for name, g in frame.groupby("group")} if groups is not None
+                  else {metric: frame[metric].to_numpy()})
+        return curves(sorted(frame["layer"].unique().tolist()), series, title=f"decoder lens — {self.info.get('model', '')}",
+                      x_title="encoder layer read", y_title=metric)
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            (tmp / "decoder_lens.json").write_text(json.dumps({
-                "format": "trilens.DecoderLensResult/1", "sources": self.sources, "references": self.references,
-                "outputs": self.outputs, "scores": self.scores, "info": self.info}))
-        return path
+    def _state(self) -> tuple[dict[str, Any], dict]:
+        return {f: getattr(self, f) for f in _FIELDS}, {}
 
     @classmethod
-    def load(cls, path: str | Path) -> DecoderLensResult:
+    def _from_state(cls, data: dict[str, Any], tensors: dict, info: dict[str, Any]) -> DecoderLensResult:
+        return cls(**{f: data[f] for f in _FIELDS}, info=info)
+
+    @classmethod
+    def _from_legacy(cls, path: Path) -> DecoderLensResult:
         try:
             d = json.loads((Path(path) / "decoder_lens.json").read_text())
         except (OSError, ValueError) as err:
             raise StoreError(f"{path} does not hold a saved decoder-lens result ({err}).") from err
-        return cls(sources=d["sources"], references=d["references"], outputs=d["outputs"], scores=d["scores"], info=d["info"])
+        return cls._from_state(d, {}, d["info"])
 
     def __repr__(self) -> str:
         return f"DecoderLensResult({len(self.sources)} sources x {self.n_layers} encoder layers, mode={self.info.get('mode')})"
 
-    def _repr_html_(self) -> str:
-        body = self.layer_metrics().to_html(index=False) if self.scores else ""
-        return f"<p>{html.escape(repr(self))}</p>{body}"
+    def _table_html(self) -> str:
+        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}") if self.scores else ""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..provenance import provenance
 from .divergence import row_dot
 from .result import LensResult
 from .unembed import Unembed
@@ -134,7 +135,8 @@ def run_lens(model: Model, inputs: Any, lens: Lens | None = None, *, stack: str 
     vocab = {i: s if s is not None else f"<{i}>" for i, s in zip(sorted(used), names)}
     return LensResult(top_ids=res.pop("top_ids"), top_probs=res.pop("top_probs"), metrics=res, mask=cache.mask(stack),
                       input_ids=cache.ids[stack], targets=tgt, vocab=vocab,
-                      info={"lens": lens.name, "model": model.name, "stack": stack, "k": k})
+                      info=provenance(model, f"{lens.name} lens", {"stack": stack, "k": k, "positions": positions},
+                                      cache.mask(stack).shape[0], lens=lens.name, stack=stack, k=k))
 
 
 def logit_lens(model: Model, inputs: Any, *, stack: str | None = None, targets: Any = None, positions: Any = None,

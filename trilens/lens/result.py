@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from ..atomic import atomic_dir, read_saved
+from ..atomic import read_saved
 from ..errors import InputError
+from ..results import Result, group, register_result
 
 METRICS = ("kl", "cross_entropy", "target_rank", "entropy", "agrees")
 
@@ -24,7 +22,8 @@ def settled_layer(hit: torch.Tensor) -> torch.Tensor:
     return torch.where(from_here[-1], first, torch.full_like(first, -1))
 
 
-class LensResult:
+@register_result
+class LensResult(Result):
     """Per layer (0 = embeddings), sequence and position: the lens's top tokens and metrics.
 
     ``kl`` is KL(p_final || p_layer) in nats, ``cross_entropy`` and ``target_rank`` are for the
@@ -102,54 +101,51 @@ class LensResult:
     def figure(self, sequence: int = 0, metric: str | None = None):
         """Heatmap layers x positions of one sequence: the top token and its probability in each cell
         (colour: top-1 probability, or ``metric``)."""
-        import plotly.graph_objects as go
+        from ..viz import layer_heatmap
 
-        n = int(self.mask[sequence].sum())
-        cols = self.mask[sequence].nonzero().flatten().tolist()[:n]
-        z = (self.top_probs[:, sequence, cols, 0] if metric is None else self.metrics[metric][:, sequence, cols]).float()
+        if not 0 <= sequence < self.mask.shape[0]:
+            raise InputError(f"sequence {sequence} does not exist; this result holds {self.mask.shape[0]}.")
+        if metric is not None and metric not in self.metrics:
+            raise InputError(f"no metric {metric!r}; this result has {', '.join(self.metrics)}.")
+        cols = self.mask[sequence].nonzero().flatten().tolist()
+        z = self.top_probs[:, sequence, cols, 0] if metric is None else self.metrics[metric][:, sequence, cols]
         text = [[f"{self.token(self.top_ids[lay, sequence, c, 0])}<br>{float(self.top_probs[lay, sequence, c, 0]):.2f}"
                  for c in cols] for lay in range(self.n_layers)]
-        labels = [f"{i}:{self.token(self.input_ids[sequence, c])}" for i, c in enumerate(cols)]
-        fig = go.Figure(go.Heatmap(z=z.tolist(), x=labels, y=list(range(self.n_layers)), text=text,
-                                   texttemplate="%{text}", colorscale="Blues", colorbar={"title": metric or "top-1 prob"}))
-        fig.update_layout(title=f"{self.info.get('lens', 'lens')} lens — {self.info.get('model', '')}",
-                          xaxis_title="position: input token", yaxis_title="layer (0 = embeddings)")
-        return fig
+        return layer_heatmap(z, [self.token(self.input_ids[sequence, c]) for c in cols], text=text,
+                             colorbar=metric or "top-1 prob",
+                             title=f"{self.info.get('lens', 'lens')} lens — {self.info.get('model', '')}")
 
     def curves(self, metrics: tuple[str, ...] = ("kl", "cross_entropy", "entropy")):
         """Per-layer metric curves (means over real positions)."""
-        import plotly.graph_objects as go
+        from ..viz import curves
 
         frame = self.layer_metrics()
-        fig = go.Figure([go.Scatter(x=frame["layer"], y=frame[m], mode="lines+markers", name=m) for m in metrics])
-        fig.update_layout(title=f"{self.info.get('lens', 'lens')} lens per layer", xaxis_title="layer", yaxis_title="nats")
-        return fig
+        return curves(frame["layer"].tolist(), {m: frame[m].to_numpy() for m in metrics},
+                      title=f"{self.info.get('lens', 'lens')} lens per layer", x_title="layer", y_title="nats")
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
+    def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors = {"top_ids": self.top_ids, "top_probs": self.top_probs, "mask": self.mask.to(torch.uint8),
                    "input_ids": self.input_ids, "targets": self.targets,
                    **{f"metric/{k}": (v.to(torch.uint8) if v.dtype == torch.bool else v) for k, v in self.metrics.items()}}
-        with atomic_dir(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "lens.safetensors")
-            (tmp / "lens.json").write_text(json.dumps({"format": "trilens.LensResult/1", "info": self.info,
-                                                       "vocab": {str(k): v for k, v in self.vocab.items()}}))
-        return path
+        return {"vocab": {str(k): v for k, v in self.vocab.items()}}, tensors
 
     @classmethod
-    def load(cls, path: str | Path) -> LensResult:
-        meta, t = read_saved(path, "lens.json", "lens.safetensors", "LensResult")
-        metrics = {k[len("metric/"):]: v for k, v in t.items() if k.startswith("metric/")}
+    def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> LensResult:
+        metrics = group(tensors, "metric/")
         if "agrees" in metrics:
             metrics["agrees"] = metrics["agrees"].bool()
-        return cls(top_ids=t["top_ids"], top_probs=t["top_probs"], metrics=metrics, mask=t["mask"].bool(),
-                   input_ids=t["input_ids"], targets=t["targets"], vocab={int(k): v for k, v in meta["vocab"].items()},
-                   info=meta["info"])
+        return cls(top_ids=tensors["top_ids"], top_probs=tensors["top_probs"], metrics=metrics, mask=tensors["mask"].bool(),
+                   input_ids=tensors["input_ids"], targets=tensors["targets"],
+                   vocab={int(k): v for k, v in data["vocab"].items()}, info=info)
+
+    @classmethod
+    def _from_legacy(cls, path: Path) -> LensResult:
+        meta, tensors = read_saved(path, "lens.json", "lens.safetensors", "LensResult")
+        return cls._from_state(meta, tensors, meta["info"])
 
     def __repr__(self) -> str:
         b, p = self.mask.shape
         return f"LensResult({self.info.get('lens')} lens, {self.n_layers} layers, {b} sequences x {p} positions)"
 
-    def _repr_html_(self) -> str:
-        frame = self.layer_metrics()
-        return f"<p>{html.escape(repr(self))}</p>" + frame.to_html(index=False, float_format=lambda v: f"{v:.3f}")
+    def _table_html(self) -> str:
+        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}")

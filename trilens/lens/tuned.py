@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir
-from ..capture.dataset import model_fingerprint
+from ..provenance import model_fingerprint
 from ..errors import InputError, StoreError
 from .divergence import kl_to_final, row_dot
 from .logit import Lens

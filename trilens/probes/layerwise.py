@@ -23,6 +23,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, StratifiedGro
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..provenance import provenance
 from .batched import LayerLogistic, fit_layers, fit_ridge_layers, fit_ridge_rows
 from .representations import Features, features_from_model, features_from_store
 from .rows import ChunkedRows, Rows
@@ -218,10 +219,12 @@ def evaluate_features(feat: Features, *, probe: Any = "logistic", cv: int = 5, t
     bar.close()
     _warn_unconverged(unconverged, sum(_layer_count(x) for x in feat.x.values()) * len(splits) * len(targets), training)
     n_classes = len(np.unique(labels)) if kind == "classification" else None
-    info = {**feat.info, "probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "n": feat.n,
-            "n_texts": int(len(np.unique(feat.groups))), "folds": cv if test_size is None else 1, "test_size": test_size,
-            "seed": seed, "n_classes": n_classes, **_training_info(probe, training), "unconverged": unconverged,
-            "majority": float(np.unique(labels, return_counts=True)[1].max() / feat.n) if kind == "classification" else None}
+    name = probe if isinstance(probe, str) else type(probe).__name__
+    params = {"probe": name, "cv": cv, "test_size": test_size, "control": control, "seed": seed, **_training_info(probe, training)}
+    info = provenance(None, "layerwise probe", params, feat.n, **feat.info, probe=name, kind=kind, n=feat.n,
+                      n_texts=int(len(np.unique(feat.groups))), folds=cv if test_size is None else 1, test_size=test_size,
+                      seed=seed, n_classes=n_classes, **_training_info(probe, training), unconverged=unconverged,
+                      majority=float(np.unique(labels, return_counts=True)[1].max() / feat.n) if kind == "classification" else None)
     return ProbeResult(rows, info)
 
 
@@ -311,7 +314,9 @@ def cross_probe(train: Features, test: Features, *, probe: Any = "logistic", C: 
                 rows.append({"stack": stack, "layer": layer, "target": "task", "fold": 0, "metric": metric, "value": value})
         unconverged += [{"stack": stack, "layer": k, "fold": 0, "target": "task"} for k in pred.unconverged]
     _warn_unconverged(unconverged, sum(_layer_count(x) for x in train.x.values()), training)
-    info = {"probe": probe if isinstance(probe, str) else type(probe).__name__, "kind": kind, "cross": True,
-            "train": train_name, "test": test_name, "n_train": train.n, "n": test.n, "folds": 1,
-            **_training_info(probe, training), "unconverged": unconverged}
+    name = probe if isinstance(probe, str) else type(probe).__name__
+    info = provenance(None, "cross probe", {"probe": name, **_training_info(probe, training)}, test.n,
+                      **{k: v for k, v in train.info.items() if k in ("model", "architecture", "family", "fingerprint")},
+                      probe=name, kind=kind, cross=True, train=train_name, test=test_name, n_train=train.n, n=test.n,
+                      folds=1, **_training_info(probe, training), unconverged=unconverged)
     return ProbeResult(rows, info)

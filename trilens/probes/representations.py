@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..capture.trace import trace
 from ..errors import InputError
+from ..provenance import model_provenance
 from .rows import ChunkedRows, RowWriter
 
 POOLINGS = ("first", "cls", "mean", "last")
@@ -247,7 +248,7 @@ def features_from_model(model: Any, inputs: Sequence[Any], labels: Sequence[Any]
     x = {st: torch.cat(v, dim=1) for st, v in chunks.items()}
     same = same_text_groups([text if isinstance(text, str) else repr(text) for text in inputs])
     return Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
-                    info={"model": model.name, "level": level, "pooling": pooling if level == "sentence" else subword})
+                    info=model_provenance(model, level=level, pooling=pooling if level == "sentence" else subword))
 
 
 def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sentence", pooling: str | int = "mean",
@@ -326,8 +327,10 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
     same = same_text_groups([b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in stored_ids.values())
                              for i in range(store.n_texts)])
     feat = Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
-                    info={"store": str(store.path), "level": level, "pooling": pooling if level == "sentence" else subword,
-                          "on_disk": str(folder) if folder else None})
+                    info={"model": store.manifest["model"]["name"], **{k: store.manifest["model"].get(k) for k in
+                                                                           ("architecture", "family", "fingerprint")},
+                          "store": str(store.path), "level": level,
+                          "pooling": pooling if level == "sentence" else subword, "on_disk": str(folder) if folder else None})
     if on_disk is True:
         weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
     return feat

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_dir
 from ..errors import StoreError
+from ..results import Result, register_result
+
+ROW_FIELDS = ["stack", "layer", "target", "fold", "metric", "value"]
 
 
-class ProbeResult:
+@register_result
+class ProbeResult(Result):
     """Scores of layerwise probes: ``to_frame()`` has one row per (stack, layer, target, fold, metric).
 
     ``layer_metrics()`` averages over folds (mean, std) and adds ``selectivity`` = task − control.
@@ -29,7 +31,7 @@ class ProbeResult:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=["stack", "layer", "target", "fold", "metric", "value"])
+        return pd.DataFrame(self.rows, columns=ROW_FIELDS)
 
     def layer_metrics(self, metric: str | None = None):
         """One row per (stack, layer): mean and std over folds of the task (and control) score, and selectivity."""
@@ -62,39 +64,34 @@ class ProbeResult:
         return frame[frame["stack"] == stack].sort_values("layer")[f"{target}_mean"].tolist()
 
     def figure(self, metric: str | None = None, title: str | None = None):
-        """Score per layer with ±1 std bands over folds: task and control, one panel line per stack."""
-        import plotly.graph_objects as go
+        """Score per layer with ±1 std bands over folds: task and control, one line per stack."""
+        from ..viz import curves
 
         metric = metric or self.metric
         frame = self.layer_metrics(metric)
-        fig = go.Figure()
+        several = frame["stack"].nunique() > 1
+        series, bands, dash = {}, {}, {}
+        layers = sorted(frame["layer"].unique().tolist())
         for stack, g in frame.groupby("stack"):
-            for target, dash in (("task", "solid"), ("control", "dot")):
-                if f"{target}_mean" not in g:
-                    continue
-                mean, std = g[f"{target}_mean"], g[f"{target}_std"]
-                name = f"{stack} {target}" if frame["stack"].nunique() > 1 else target
-                fig.add_trace(go.Scatter(x=list(g["layer"]) + list(g["layer"])[::-1], y=list(mean + std) + list(mean - std)[::-1],
-                                         fill="toself", opacity=0.2, line={"width": 0}, showlegend=False, hoverinfo="skip",
-                                         name=f"{name} ±1 std"))
-                fig.add_trace(go.Scatter(x=g["layer"], y=mean, mode="lines+markers", name=name, line={"dash": dash}))
-        if self.info.get("majority") is not None and metric == "accuracy":
-            fig.add_hline(y=self.info["majority"], line_dash="dash", line_color="grey", annotation_text="majority class")
-        fig.update_layout(title=title or f"Layerwise probe ({self.info.get('probe')}) — {self.info.get('model', '')}",
-                          xaxis_title="layer (0 = embeddings)", yaxis_title=metric)
-        return fig
+            g = g.set_index("layer").reindex(layers)
+            for target, style in (("task", "solid"), ("control", "dot")):
+                if f"{target}_mean" in g:
+                    name = f"{stack} {target}" if several else target
+                    series[name], bands[name], dash[name] = g[f"{target}_mean"].to_numpy(), g[f"{target}_std"].to_numpy(), style
+        majority = self.info.get("majority")
+        return curves(layers, series, bands=bands, dash=dash, y_title=metric,
+                      title=title or f"Layerwise probe ({self.info.get('probe')}) — {self.info.get('model', '')}",
+                      hline=(majority, "majority class") if majority is not None and metric == "accuracy" else None)
 
-    def save(self, path: str | Path, figure: bool = False) -> Path:
-        """Write ``probe.json`` (and with ``figure``, ``probe.html``: the figure, self-contained) to the folder ``path``."""
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            (tmp / "probe.json").write_text(json.dumps({"format": "trilens.ProbeResult/1", "info": self.info, "rows": self.rows}))
-            if figure:
-                self.figure().write_html(tmp / "probe.html", include_plotlyjs=True)
-        return path
+    def _state(self) -> tuple[dict[str, Any], dict]:
+        return {"rows": self.rows}, {}
 
     @classmethod
-    def load(cls, path: str | Path) -> ProbeResult:
+    def _from_state(cls, data: dict[str, Any], tensors: dict, info: dict[str, Any]) -> ProbeResult:
+        return cls(data["rows"], info)
+
+    @classmethod
+    def _from_legacy(cls, path: Path) -> ProbeResult:
         try:
             d = json.loads((Path(path) / "probe.json").read_text())
         except (OSError, ValueError) as err:
@@ -108,5 +105,5 @@ class ProbeResult:
         return (f"ProbeResult({self.info.get('probe')} probe, {self.info.get('kind')}, stacks {stacks}, "
                 f"{self.info.get('folds')} fold(s), n={self.info.get('n')})")
 
-    def _repr_html_(self) -> str:
-        return f"<p>{html.escape(repr(self))}</p>" + self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}")
+    def _table_html(self) -> str:
+        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}")

@@ -1,0 +1,58 @@
+"""Where a result came from: trilens's version, the model and a fingerprint of its weights, the method, the date."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+def model_fingerprint(model: Model) -> str:
+    """A hash of the config and of a sample of every parameter: a different model -> a different hash."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.inference_mode():
+        for name, p in model.hf_model.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tensors, tuples and other objects turned into what JSON holds (lists, numbers, strings)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return getattr(value, "__name__", None) or type(value).__name__
+
+
+def model_provenance(model: Model, **extra: Any) -> dict[str, Any]:
+    """Which model: its name, architecture, family and weights fingerprint (plus ``extra`` facts)."""
+    return {"model": model.name, "architecture": model.architecture, "family": model.family,
+            "fingerprint": model_fingerprint(model), **jsonable(extra)}
+
+
+def provenance(model: Model | None, method: str, params: dict[str, Any] | None = None, n_inputs: int | None = None,
+               /, **extra: Any) -> dict[str, Any]:
+    """The ``info`` dict every result carries; ``extra`` keys are method-specific facts kept beside it."""
+    info: dict[str, Any] = {"trilens": __version__, "method": method}
+    if model is not None:
+        info.update(model_provenance(model))
+    info.update(params=jsonable(params or {}), n_inputs=n_inputs,
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    info.update(jsonable(extra))
+    return info

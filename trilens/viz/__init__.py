@@ -1,0 +1,15 @@
+"""Plotly figure builders shared by results, notebooks, the app and study reports.
+
+Builders take arrays (tensors, numpy or lists) and token labels, never result objects, so any result can
+call them; values are kept as float32 (plotly sends them as typed arrays). Only this package and the
+studies import plotly.
+"""
+
+from .attention import attention, attention_pattern, head_grid
+from .curves import curves
+from .heatmap import layer_heatmap
+from .html import figure_html, write_html
+from .tokens import token_heatmap
+
+__all__ = ["attention", "attention_pattern", "head_grid", "curves", "layer_heatmap", "token_heatmap", "figure_html",
+           "write_html"]
