@@ -1,7 +1,8 @@
 """trilens: mechanistic interpretability for encoder, decoder and encoder-decoder transformers."""
 
 from .capture import (
-    AblateHeads, AblateNeurons, ActivationCache, ActivationStore, Hook, Intervention, Patch, Steer, capture_dataset,
+    AblateHeads, AblateNeurons, ActivationCache, ActivationStore, GradientResult, Hook, Intervention, LogitFunction, Patch,
+    Steer, StepScores, TokenScore, capture_dataset,
 )
 from .errors import InputError, ModelLoadError, SiteError, StoreError, TrilensError, UnsupportedArchitectureError
 from .loading import load
@@ -11,6 +12,6 @@ from .version import __version__
 
 __all__ = [
     "load", "Model", "load_result", "Result", "register_result", "list_results", "__version__", "ActivationCache", "ActivationStore", "capture_dataset",
-    "Intervention", "Patch", "Steer", "AblateHeads", "AblateNeurons", "Hook",
+    "GradientResult", "TokenScore", "StepScores", "LogitFunction", "Intervention", "Patch", "Steer", "AblateHeads", "AblateNeurons", "Hook",
     "TrilensError", "ModelLoadError", "UnsupportedArchitectureError", "SiteError", "InputError", "StoreError",
 ]

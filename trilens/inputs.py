@@ -33,6 +33,15 @@ class Batch:
             kw["decoder_attention_mask"] = self.decoder_attention_mask
         return kw
 
+    def rows(self, rows: slice) -> Batch:
+        """The batch of rows ``rows`` only (same padded width)."""
+        def cut(t):
+            return None if t is None else t[rows]
+
+        return Batch(cut(self.input_ids), cut(self.attention_mask), cut(self.decoder_input_ids),
+                     cut(self.decoder_attention_mask), cut(self.labels),
+                     {k: cut(v) for k, v in self.ids.items()}, {k: cut(v) for k, v in self.masks.items()})
+
     def to(self, device: torch.device) -> Batch:
         def mv(t):
             return None if t is None else t.to(device)

@@ -15,6 +15,8 @@ from .sites import SiteIndex
 if TYPE_CHECKING:
     from .capture.cache import ActivationCache
     from .capture.generate import Generation
+    from .capture.gradient_result import GradientResult
+    from .capture.objectives import Objective
     from .capture.interventions import Intervention
 
 
@@ -32,7 +34,11 @@ class Model:
         self.family = family
         self.name = name
         self.has_trained_head = has_trained_head
-        self.site_index = SiteIndex(bridge.hook_dict.keys(), family)
+        from .capture.bridge_settings import firing_sites
+
+        # only the hook points that fire (some need a bridge setting, turned on for the runs that use them)
+        names, self.site_settings, never = firing_sites(bridge, self.hf_model, family)
+        self.site_index = SiteIndex(names, family, never_fire=never)
         self.stacks: tuple[str, ...] = tuple(STACK_PREFIXES[family])
         self.n_layers: dict[str, int] = dict(self.site_index.n_layers)
 
@@ -136,8 +142,14 @@ class Model:
 
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, Any]]):
-        """Attach ``(hook_name, fn(activation, hook))`` pairs for the duration of the block."""
-        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+        """Attach ``(hook_name, fn(activation, hook))`` pairs for the duration of the block (turning on, for the
+        block only, any bridge setting a hook point needs to fire)."""
+        from .capture.bridge_settings import settings_for
+
+        fwd_hooks = list(fwd_hooks)
+        for name, _ in fwd_hooks:
+            self.site_index.site(name)  # a name that never fires here fails now, with suggestions
+        with settings_for(self.bridge, [n for n, _ in fwd_hooks], self.site_settings), self.bridge.hooks(fwd_hooks=fwd_hooks):
             yield self
 
     def trace(
@@ -181,6 +193,25 @@ class Model:
 
         return generate(self, inputs, capture=capture, max_new_tokens=max_new_tokens, interventions=interventions,
                         dtype=dtype, device=device, truncate=truncate, **generate_kwargs)
+
+    def gradients(
+        self,
+        inputs: Any,
+        objective: Objective | None = None,
+        *,
+        sites: str | Sequence[str] = (),
+        embeddings: bool = True,
+        interventions: Sequence[Intervention] = (),
+        step_batch: int | None = None,
+        batch_size: int | None = None,
+        truncate: bool = False,
+    ) -> GradientResult:
+        """One forward pass with gradients: activations and gradients of ``objective`` at ``sites`` and at the
+        input embeddings -> ``GradientResult`` (see ``trilens.capture.gradients.gradients``)."""
+        from .capture.gradients import gradients
+
+        return gradients(self, inputs, objective, sites=sites, embeddings=embeddings, interventions=interventions,
+                         step_batch=step_batch, batch_size=batch_size, truncate=truncate)
 
     def to(self, device: Any) -> Model:
         from .devices import as_device

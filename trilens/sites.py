@@ -55,8 +55,9 @@ def _attn_module(prefix: str) -> str:
 class SiteIndex:
     """All hook sites of one model, searchable by stack, layer and kind."""
 
-    def __init__(self, hook_names: Iterable[str], family: str):
+    def __init__(self, hook_names: Iterable[str], family: str, never_fire: dict[str, str] | None = None):
         self.family = family
+        self.never_fire = dict(never_fire or {})  # hook names the bridge lists that never fire here -> why
         self._prefix_to_stack = {p: s for s, p in STACK_PREFIXES[family].items()}
         self._sites: dict[str, Site] = {}
         for name in hook_names:
@@ -104,6 +105,9 @@ class SiteIndex:
         try:
             return self._sites[name]
         except KeyError:
+            if name in self.never_fire:
+                raise SiteError(f"site {name} never fires on this model: {self.never_fire[name]}. "
+                                "List the sites that do with model.sites().") from None
             hint = closest(name, list(self._sites) + self.kinds)
             raise SiteError(
                 f"no hook site named {name!r} on this model. "

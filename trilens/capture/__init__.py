@@ -3,6 +3,9 @@
 from .cache import ActivationCache
 from .dataset import capture_dataset
 from .store import ActivationStore
+from .gradient_result import GradientResult
 from .interventions import AblateHeads, AblateNeurons, Hook, Intervention, Patch, Steer
+from .objectives import LogitFunction, Objective, StepScores, TokenScore
 
-__all__ = ["ActivationCache", "ActivationStore", "capture_dataset", "AblateHeads", "AblateNeurons", "Hook", "Intervention", "Patch", "Steer"]
+__all__ = ["ActivationCache", "ActivationStore", "capture_dataset", "AblateHeads", "AblateNeurons", "Hook", "Intervention",
+           "Patch", "Steer", "GradientResult", "Objective", "TokenScore", "StepScores", "LogitFunction"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..devices import as_device, as_dtype
-from ..errors import InputError
+from ..errors import InputError, SiteError
 from ..inputs import Batch
 from ..provenance import provenance
 from ..sites import PATTERN_KINDS
@@ -108,7 +108,7 @@ def trace(
     chunk_logits = []
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
-        sub = _slice(batch, rows)
+        sub = batch.rows(rows)
         store: dict[str, torch.Tensor] = {}
         state = RunState(masks={s: m[rows] for s, m in batch.masks.items()}, rows=rows if step < n else None)
         hooks = intervention_hooks(model, interventions, state)
@@ -120,6 +120,10 @@ def trace(
         with torch.no_grad(), model.hooks(hooks):
             head = logits or any(model.site_index.site(n).layer is None for n in names)
             out = forward(model, sub, head=head)
+        unfired = [name for name in names if name not in store]
+        if unfired:
+            raise SiteError(f"site {unfired[0]} did not fire in this run: it lies outside the part of the model this "
+                            "input runs (e.g. the LM head when only the encoder runs).")
         chunks.append(store)
         if logits and getattr(out, "logits", None) is not None:
             lg = out.logits
@@ -140,14 +144,6 @@ def trace(
                                          "interventions": [type(i).__name__ for i in interventions]}, n,
                         positions=positions, interventions=[type(i).__name__ for i in interventions]),
     )
-
-
-def _slice(batch: Batch, rows: slice) -> Batch:
-    def cut(t):
-        return None if t is None else t[rows]
-
-    return Batch(cut(batch.input_ids), cut(batch.attention_mask), cut(batch.decoder_input_ids),
-                 cut(batch.decoder_attention_mask), cut(batch.labels))
 
 
 def run(model: Model, inputs: Any, *, interventions: Sequence[Intervention] = (), truncate: bool = False) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""What a forward pass with gradients needs around the model: frozen weights, input embeddings on the autograd path,
+the LM head's input, and hook-site tensors kept in the graph. Every context removes what it added, also on error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import TrilensError
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+@contextmanager
+def frozen_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the block (no weight-gradient graph is recorded, none is kept),
+    then get their own flags back."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def embedding_modules(model: Model) -> dict[str, torch.nn.Module]:
+    """The token-embedding module each stack calls (encoder-decoders often share one)."""
+    hf = model.hf_model
+    if model.family != "encoder-decoder":
+        return {model.stacks[0]: hf.get_input_embeddings()}
+    modules = {}
+    for stack, part in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
+        module = getattr(part, "embed_tokens", None) or part.get_input_embeddings()
+        modules[stack] = module
+    return modules
+
+
+@contextmanager
+def input_embeddings(model: Model) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``{stack: token embeddings}`` filled during the forward: the output of each stack's token-embedding
+    module, made a leaf of the autograd graph so every activation after it has a gradient path.
+
+    A module shared by both stacks of an encoder-decoder is called by the encoder first, then by the decoder.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    by_module: dict[int, tuple[torch.nn.Module, list[str]]] = {}
+    for stack, module in embedding_modules(model).items():
+        by_module.setdefault(id(module), (module, []))[1].append(stack)
+
+    def make_hook(stacks: list[str]) -> Callable:
+        def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            pending = [s for s in stacks if s not in captured]
+            if not pending:
+                raise TrilensError("the token embedding was called more often than this model's stacks: trilens cannot "
+                                   "tell which call embeds which input; please report the architecture.")
+            if not out.requires_grad:
+                out = out.detach().requires_grad_()
+            captured[pending[0]] = out
+            return out
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(stacks)) for module, stacks in by_module.values()]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def head_input(model: Model) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``{"x": tensor}``: the input of the LM head's output projection (row p of the logits depends on row p
+    of it only), filled during the forward."""
+    box: dict[str, torch.Tensor] = {}
+    head = model.hf_model.get_output_embeddings()
+    if head is None:
+        yield box
+        return
+
+    def pre(module: torch.nn.Module, args: Any) -> None:
+        box["x"] = args[0]
+
+    handle = head.register_forward_pre_hook(pre)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def keep_hook(store: dict[str, torch.Tensor], name: str) -> Callable:
+    """A hook that keeps the activation itself (in the graph, not a copy): its gradient is the true derivative only
+    if it is the tensor the model goes on to use."""
+
+    def hook(x: torch.Tensor, hook: Any = None) -> None:
+        store[name] = x
+
+    return hook

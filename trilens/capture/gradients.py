@@ -1,0 +1,201 @@
+"""``gradients``: one forward pass with gradients; the activations and the gradients of an objective at any site.
+
+Weights are frozen for the run (no weight-gradient graph, no ``.grad`` left); each stack's token embeddings become
+leaves of the graph, so every activation after them has a gradient path, and their own gradients are the
+input-embedding gradients. Hook sites keep the tensor the model goes on to use (not a copy), so gradients there are
+true derivatives; on BERT, T5, BART and Marian the bridge's attention-pattern hook receives HF's eager attention
+probabilities themselves (the tensor multiplied with the values), so pattern gradients are exact there too.
+
+Per-step objectives (one per teacher-forced target token) share one forward pass. Step t's objective depends only on
+row p_t of the LM head's input X, so one backward through the head gives every step's gradient at X; the steps'
+backward passes through the body then run batched (``torch.autograd.grad(..., is_grads_batched=True)``), a chunk of
+steps at a time within a memory budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError, SiteError
+from ..inputs import Batch
+from ..provenance import provenance
+from ..sites import Site
+from .grad_hooks import frozen_weights, head_input, input_embeddings, keep_hook
+from .gradient_result import EMBED_KIND, GradientResult, embed_key
+from .interventions import Intervention, RunState
+from .objectives import LogitFunction, Objective, ScoredRows, TokenScore, scored_stack, token_scores
+from .trace import intervention_hooks
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+STEP_MEMORY_BUDGET = 2 * 2**30  # bytes of batched-backward working memory per chunk of steps
+
+
+def gradients(
+    model: Model,
+    inputs: Any,
+    objective: Objective | None = None,
+    *,
+    sites: str | Sequence[str] = (),
+    embeddings: bool = True,
+    interventions: Sequence[Intervention] = (),
+    step_batch: int | None = None,
+    batch_size: int | None = None,
+    truncate: bool = False,
+) -> GradientResult:
+    """Activations and gradients of ``objective`` at ``sites`` (and the input embeddings) for ``inputs``.
+
+    Args:
+        objective: a ``TokenScore`` (default: the log-probability of each input's next token, or of the top
+            prediction at an encoder's mask), ``StepScores`` (one objective per teacher-forced step) or
+            ``LogitFunction``.
+        sites: hook names or kinds (``"resid_post"``, ``"attn_pattern"``, ...).
+        embeddings: also return the gradients at each stack's token embeddings.
+        step_batch: steps per batched backward pass (default: as many as fit ``STEP_MEMORY_BUDGET``; 1 runs one
+            backward per step).
+        batch_size: inputs per forward pass (default: all at once).
+    """
+    objective = TokenScore() if objective is None else objective
+    if not isinstance(objective, Objective):
+        raise InputError(f"objective must be a TokenScore, StepScores or LogitFunction, not {type(objective).__name__}.")
+    names = model.site_index.resolve(sites) if (sites if isinstance(sites, str) else list(sites)) else []
+    if not names and not embeddings:
+        raise InputError("nothing to differentiate: pass sites= or keep embeddings=True.")
+    if step_batch is not None and step_batch < 1:
+        raise InputError(f"step_batch must be at least 1, not {step_batch}.")
+    batch = model.encode(inputs, truncate=truncate).to(model.device)
+    if model.family == "encoder-decoder" and batch.decoder_input_ids is None:
+        raise InputError("an encoder-decoder's objective reads the decoder's logits: pass (source, target) pairs.")
+    n = batch.input_ids.shape[0]
+    step = batch_size or n
+    if step < 1:
+        raise InputError(f"batch_size must be at least 1, not {batch_size}.")
+    parts = [_one_pass(model, batch.rows(slice(i, min(n, i + step))), objective, names, embeddings, interventions,
+                       step_batch) for i in range(0, n, step)]
+    return _assemble(model, batch, objective, names, embeddings, parts, {
+        "sites": names, "embeddings": embeddings, "step_batch": step_batch, "batch_size": batch_size,
+        "interventions": [type(i).__name__ for i in interventions], **objective.describe()})
+
+
+def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str], embeddings: bool,
+              interventions: Sequence[Intervention], step_batch: int | None) -> dict[str, Any]:
+    store: dict[str, torch.Tensor] = {}
+    hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks)))
+    hooks += [(name, keep_hook(store, name)) for name in names]
+    with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
+            head_input(model) as head, model.hooks(hooks):
+        logits = model.hf_model(**batch.forward_kwargs()).logits
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise SiteError(f"site {missing[0]} did not fire in this forward pass: the bridge lists it, but this "
+                        f"{model.architecture} never calls it. Pick another site (model.sites()).")
+    rows = None
+    if isinstance(objective, LogitFunction):
+        values = objective.values(logits, batch)[:, None]
+    else:
+        rows = objective.resolve(model, batch, lambda pos: logits.detach().gather(
+            1, pos.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])))
+        values = token_scores(logits, rows, objective.score)
+    keys = names + ([embed_key(s) for s in model.stacks] if embeddings else [])
+    tensors = [store[n] for n in names] + ([embeds[s] for s in model.stacks] if embeddings else [])
+    for key, t in zip(keys, tensors):
+        if not t.requires_grad:
+            raise SiteError(f"{key} is not on the autograd path of the objective (it does not depend on the inputs).")
+    if objective.per_step:
+        grads = _per_step(values, rows, head.get("x"), tensors, step_batch, batch)
+    else:
+        grads = [g.unsqueeze(1) for g in _grad(values.sum(), tensors, keys)]  # a step axis of one
+    return {"values": values.detach(), "valid": rows.valid if rows is not None else torch.ones_like(values, dtype=torch.bool),
+            "rows": rows, "grads": dict(zip(keys, grads)), "acts": {k: t.detach() for k, t in zip(keys, tensors)}}
+
+
+def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **kw: Any) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(output, inputs, allow_unused=True, **kw)
+    for key, g in zip(keys, grads):
+        if g is None:
+            raise SiteError(f"no gradient reaches {key}: the bridge fires this hook on a copy the model does not use, "
+                            "or it lies after the objective. Pick another site.")
+    return list(grads)
+
+
+def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, inputs: list[torch.Tensor],
+              step_batch: int | None, batch: Batch) -> list[torch.Tensor]:
+    """``[batch, step, ...]`` gradients of every step's objective, the steps' backward passes batched."""
+    n_rows, n_steps = values.shape
+    keys = [f"input {i}" for i in range(len(inputs))]
+    if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks["decoder"].shape[1]):
+        # every step's gradient at the head's input in one backward: step t lives on row p_t only
+        (gx,) = torch.autograd.grad(values.sum(), x, retain_graph=True)
+        source, positions = x, rows.positions.to(x.device)
+    else:  # no separable head: seed each step at the objective itself
+        gx, source, positions = None, values, None
+    chunk = step_batch or _auto_chunk(x if x is not None else values, n_steps)
+    parts: list[list[torch.Tensor]] = []
+    for start in range(0, n_steps, chunk):
+        cols = torch.arange(start, min(n_steps, start + chunk), device=values.device)
+        seed = _seeds(source, gx, positions, rows.valid.to(values.device), cols)
+        last = start + chunk >= n_steps
+        if len(cols) == 1:
+            got = [g.unsqueeze(0) for g in _grad(source, inputs, keys, grad_outputs=seed[0], retain_graph=not last)]
+        else:
+            got = _grad(source, inputs, keys, grad_outputs=seed, retain_graph=not last, is_grads_batched=True)
+        parts.append(got)
+    return [torch.cat([p[i] for p in parts]).movedim(0, 1) for i in range(len(inputs))]
+
+
+def _seeds(source: torch.Tensor, gx: torch.Tensor | None, positions: torch.Tensor | None, valid: torch.Tensor,
+           cols: torch.Tensor) -> torch.Tensor:
+    """``[steps, *source.shape]`` backward seeds: step t's gradient at its own row, zero elsewhere."""
+    k, n_rows = len(cols), source.shape[0]
+    seed = source.new_zeros((k, *source.shape))
+    j = torch.arange(k, device=source.device)[:, None].expand(k, n_rows)
+    r = torch.arange(n_rows, device=source.device)[None, :].expand(k, n_rows)
+    keep = valid[:, cols].T.to(source.dtype)  # [k, rows]
+    if gx is None:  # seeds on the objective [rows, steps]: one-hot in the step's column
+        seed[j, r, cols[:, None].expand(k, n_rows)] = keep
+        return seed
+    p = positions[:, cols].T  # [k, rows]
+    seed[j, r, p] = gx[r, p] * keep[..., None]
+    return seed
+
+
+def _auto_chunk(reference: torch.Tensor, n_steps: int) -> int:
+    """Steps per batched backward so that its working memory (a few copies of the residual stream per step,
+    about eight of ``reference``'s size) stays within ``STEP_MEMORY_BUDGET``."""
+    per_step = 8 * reference.numel() * reference.element_size()
+    return max(1, min(n_steps, STEP_MEMORY_BUDGET // max(per_step, 1)))
+
+
+def _assemble(model: Model, batch: Batch, objective: Objective, names: list[str], embeddings: bool,
+              parts: list[dict[str, Any]], params: dict[str, Any]) -> GradientResult:
+    """Join the per-chunk results (padding the step axis to the longest) into one ``GradientResult``."""
+    n_steps = max(p["values"].shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, value: Any = 0) -> torch.Tensor:
+        extra = n_steps - t.shape[1]
+        return t if extra == 0 else torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), value)], 1)
+
+    keys = list(parts[0]["grads"])
+    grads = {k: torch.cat([pad(p["grads"][k]) for p in parts]).cpu() for k in keys}
+    acts = {k: torch.cat([p["acts"][k] for p in parts]).cpu() for k in keys}
+    values = torch.cat([pad(p["values"]) for p in parts]).cpu()
+    valid = torch.cat([pad(p["valid"].to(values.device), False) for p in parts]).cpu()
+    scored: dict[str, torch.Tensor] = {}
+    if parts[0]["rows"] is not None:
+        for field in ("positions", "tokens", "foils"):
+            if getattr(parts[0]["rows"], field) is not None:
+                scored[field] = torch.cat([pad(getattr(p["rows"], field).cpu(), -1) for p in parts])
+    sites = {n: model.site_index.site(n) for n in names}
+    sites.update({embed_key(s): Site(embed_key(s), s, None, EMBED_KIND) for s in model.stacks} if embeddings else {})
+    ids = {s: t.cpu() for s, t in batch.ids.items()}
+    tok = model.tokenizer
+    tokens = {s: [tok.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if tok else {}
+    step_tokens = [tok.convert_ids_to_tokens(r) for r in scored["tokens"].clamp_min(0).tolist()] if tok and "tokens" in scored else None
+    return GradientResult(step_tokens=step_tokens, grads=grads, acts=acts, sites=sites, values=values, valid=valid, scored=scored,
+                          per_step=objective.per_step, scored_stack=scored_stack(model), stacks=model.stacks,
+                          masks={s: m.cpu() for s, m in batch.masks.items()}, ids=ids, tokens=tokens,
+                          info=provenance(model, "gradients", params, batch.input_ids.shape[0]))

@@ -1,0 +1,270 @@
+"""Objectives as data: the scalar (or one scalar per teacher-forced step) whose gradient ``model.gradients`` takes.
+
+``TokenScore``: the log-probability, probability or logit of a token at one position per input, or its difference
+from a foil token (contrastive, Yin & Neubig 2022). ``StepScores``: the same score for every token of a teacher-forced
+target (one objective per step, all from one forward pass). ``LogitFunction``: any function of the logits.
+
+Token objectives are resolved against a batch into ``ScoredRows`` (where, which token, which foil); their scores are
+read from the logits at those rows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..provenance import jsonable
+
+if TYPE_CHECKING:
+    from ..inputs import Batch
+    from ..model import Model
+
+SCORES = ("logprob", "prob", "logit")
+
+
+@dataclass
+class ScoredRows:
+    """Per input row and objective column: the scored position (padded coordinates), the token, the foil."""
+
+    positions: torch.Tensor  # [batch, n] long
+    tokens: torch.Tensor  # [batch, n] long
+    foils: torch.Tensor | None  # [batch, n] long
+    valid: torch.Tensor  # [batch, n] bool (False: padding steps, scored as 0)
+
+
+class Objective:
+    """Base class. ``per_step`` objectives give one scalar per column (teacher-forced step) and row."""
+
+    per_step = False
+
+    def describe(self) -> dict[str, Any]:
+        """The objective as JSON-ready data, for a result's provenance."""
+        return {"objective": type(self).__name__}
+
+
+def _check_score(score: str) -> None:
+    if score not in SCORES:
+        raise InputError(f"score must be one of {', '.join(SCORES)}, not {score!r}.")
+
+
+def token_id(model: Model, token: int | str) -> int:
+    """One vocabulary id from an id or a token string (a string must be one token of the model's vocabulary)."""
+    if isinstance(token, bool) or not isinstance(token, (int, str)):
+        raise InputError(f"a target or foil token is an id or a string, not {type(token).__name__}.")
+    if isinstance(token, int):
+        if not 0 <= token < model.vocab_size:
+            raise InputError(f"token id {token} is outside this model's vocabulary (0..{model.vocab_size - 1}).")
+        return token
+    tok = model.tokenizer
+    if tok is None:
+        raise InputError("this model has no tokenizer: give target tokens as ids.")
+    tid = tok.convert_tokens_to_ids(token)
+    if tid is None or tid == tok.unk_token_id and token != tok.unk_token:
+        ids = tok(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise InputError(f"{token!r} is {len(ids)} tokens for this tokenizer ({tok.convert_ids_to_tokens(ids)}); "
+                             "a target must be a single token: pass its id or one of those tokens.")
+        tid = ids[0]
+    return int(tid)
+
+
+def _per_row(value: Any, n_rows: int, what: str) -> list[Any]:
+    """``value`` for every row: a single value repeated, or a list with one value per row."""
+    if isinstance(value, (list, tuple)) or torch.is_tensor(value):
+        values = value.tolist() if torch.is_tensor(value) else list(value)
+        if len(values) != n_rows:
+            raise InputError(f"{len(values)} {what}s for {n_rows} inputs: give one {what}, or one per input.")
+        return values
+    return [value] * n_rows
+
+
+def scored_stack(model: Model) -> str:
+    """The stack whose logits objectives read: the decoder (decoder-only and encoder-decoder) or the encoder."""
+    return "encoder" if model.family == "encoder" else "decoder"
+
+
+def _next_tokens(model: Model, batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input's own token at each scored position (the next one in a decoder-only text, the teacher-forced
+    target in an encoder-decoder) and whether there is one."""
+    rows = torch.arange(positions.shape[0])[:, None]
+    if model.family == "encoder-decoder":
+        labels = batch.labels.cpu()
+        tok = labels[rows, positions]
+        return tok.clamp_min(0), tok >= 0
+    if model.family == "decoder":
+        ids, mask = batch.input_ids.cpu(), batch.attention_mask.cpu().bool()
+        nxt = (positions + 1).clamp_max(ids.shape[1] - 1)
+        has = (positions + 1 < ids.shape[1]) & mask[rows, nxt]
+        return ids[rows, nxt], has
+    return torch.zeros_like(positions), torch.zeros_like(positions, dtype=torch.bool)
+
+
+@dataclass
+class TokenScore(Objective):
+    """The score of ``token`` at ``position`` of each input (minus the foil's score, if ``foil`` is given).
+
+    Args:
+        token: an id or token string, or one per input. None: the input's own next token where it has one (the
+            next token of a decoder-only text, the target token of an encoder-decoder pair), else the model's top
+            prediction there (e.g. at an encoder's ``[MASK]``).
+        position: of the scored stack (the decoder's target for encoder-decoders), relative to each sequence's real
+            tokens (0 first, -1 last), or one per input; ``"mask"`` the first mask token (masked LMs). None: the last
+            token (decoder-only: it predicts the next token), the mask token (encoders), the last target token.
+        score: ``"logprob"`` (default), ``"prob"`` or ``"logit"``.
+        foil: a contrasting token (or one per input): the objective becomes score(token) - score(foil).
+    """
+
+    token: Any = None
+    position: Any = None
+    score: str = "logprob"
+    foil: Any = None
+
+    def __post_init__(self) -> None:
+        _check_score(self.score)
+
+    def describe(self) -> dict[str, Any]:
+        return {"objective": "TokenScore", "token": jsonable(self.token), "position": jsonable(self.position),
+                "score": self.score, "foil": jsonable(self.foil)}
+
+    def resolve(self, model: Model, batch: Batch, logits_at: Callable[[torch.Tensor], torch.Tensor]) -> ScoredRows:
+        """Rows for ``batch``; ``logits_at(positions)`` gives detached logits there (for a predicted token)."""
+        stack = scored_stack(model)
+        mask = batch.masks[stack].cpu()
+        n = mask.shape[0]
+        lengths = mask.sum(1)
+        first = mask.float().argmax(1)
+        pos = []
+        for r, p in enumerate(_per_row(self.position, n, "position")):
+            if p is None:
+                p = "mask" if model.family == "encoder" else -1
+            if p == "mask":
+                tok = model.tokenizer
+                hits = (batch.ids[stack][r].cpu() == getattr(tok, "mask_token_id", None)).nonzero().flatten() if tok else []
+                if len(hits) == 0:
+                    raise InputError(f"input {r} has no mask token to score; mark the slot with {getattr(tok, 'mask_token', '[MASK]')} "
+                                     "or pass position=.")
+                pos.append(int(hits[0]))
+                continue
+            if isinstance(p, bool) or not isinstance(p, int):
+                raise InputError(f"a position is an int (0 first, -1 last) or 'mask', not {p!r}.")
+            rel = p + int(lengths[r]) if p < 0 else p
+            if not 0 <= rel < int(lengths[r]):
+                raise InputError(f"position {p} does not exist in input {r}, which has {int(lengths[r])} tokens.")
+            pos.append(int(first[r]) + rel)
+        positions = torch.tensor(pos, dtype=torch.long)[:, None]
+        if self.token is None:
+            own, has = _next_tokens(model, batch, positions)
+            predicted = logits_at(positions).argmax(-1).cpu()
+            tokens = torch.where(has, own, predicted)
+        else:
+            tokens = torch.tensor([token_id(model, t) for t in _per_row(self.token, n, "token")])[:, None]
+        foils = None if self.foil is None else torch.tensor([token_id(model, t) for t in _per_row(self.foil, n, "foil")])[:, None]
+        return ScoredRows(positions, tokens, foils, torch.ones_like(positions, dtype=torch.bool))
+
+
+@dataclass
+class StepScores(Objective):
+    """One objective per step of a teacher-forced target: the score of each token given the ones before it.
+
+    Encoder-decoders: step t scores target token t (all target tokens). Decoder-only: step t scores the token at
+    position ``start + t`` of each text, read at the position before it; ``start`` is the first scored token
+    (default 1: every token after the first; pass each prompt's length to score only a continuation).
+
+    Args:
+        score: ``"logprob"`` (default), ``"prob"`` or ``"logit"``.
+        foil: a contrasting token for every step (or one per input, or one list of per-step foils per input).
+        start: decoder-only: the position of the first scored token (an int, or one per input).
+    """
+
+    score: str = "logprob"
+    foil: Any = None
+    start: Any = None
+
+    per_step = True
+
+    def __post_init__(self) -> None:
+        _check_score(self.score)
+
+    def describe(self) -> dict[str, Any]:
+        return {"objective": "StepScores", "score": self.score, "foil": jsonable(self.foil), "start": jsonable(self.start)}
+
+    def resolve(self, model: Model, batch: Batch, logits_at: Callable[[torch.Tensor], torch.Tensor]) -> ScoredRows:
+        if model.family == "encoder":
+            raise InputError("per-step objectives score a teacher-forced target: use a decoder-only or encoder-decoder "
+                             "model (for an encoder, score its mask slot with TokenScore).")
+        n = batch.input_ids.shape[0]
+        if model.family == "encoder-decoder":
+            if self.start is not None:
+                raise InputError("start= is for decoder-only texts; an encoder-decoder scores every target token.")
+            labels = batch.labels.cpu()
+            positions = torch.arange(labels.shape[1]).expand(n, -1).clone()
+            tokens, valid = labels.clamp_min(0), labels >= 0
+        else:
+            mask = batch.attention_mask.cpu().bool()
+            if bool((~mask[:, 0] & mask.any(1)).any()):
+                raise InputError("per-step objectives need right-padded texts (trilens encodes them so).")
+            lengths = mask.sum(1)
+            starts = torch.tensor([1 if s is None else s for s in _per_row(self.start, n, "start")])
+            if bool(((starts < 1) | (starts >= lengths)).any()):
+                bad = int(((starts < 1) | (starts >= lengths)).nonzero()[0])
+                raise InputError(f"start {int(starts[bad])} leaves no token to score in input {bad} ({int(lengths[bad])} "
+                                 "tokens); start must be at least 1 (the first token has no context) and below the length.")
+            n_steps = int((lengths - starts).max())
+            steps = torch.arange(n_steps)[None, :]
+            targets = starts[:, None] + steps  # the scored token's position
+            valid = targets < lengths[:, None]
+            positions = (targets - 1).clamp_max(mask.shape[1] - 1)  # read at the position before it
+            tokens = batch.input_ids.cpu().gather(1, targets.clamp_max(mask.shape[1] - 1))
+        foils = None
+        if self.foil is not None:
+            foils = torch.tensor([[token_id(model, f) for f in (row if isinstance(row, (list, tuple)) else [row] * positions.shape[1])]
+                                  for row in _per_row(self.foil, n, "foil")])
+            if foils.shape != positions.shape:
+                raise InputError(f"per-step foils need one token per step ({positions.shape[1]}); got {foils.shape[1]}.")
+        return ScoredRows(positions, tokens, foils, valid)
+
+
+@dataclass
+class LogitFunction(Objective):
+    """Any function of the scored stack's logits ``[batch, position, vocab]`` (and the ``Batch``) -> one value per
+    input ``[batch]`` (or a scalar). Gradients are of the sum over inputs."""
+
+    fn: Callable[..., torch.Tensor]
+    name: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"objective": "LogitFunction", "name": self.name or getattr(self.fn, "__name__", "function")}
+
+    def values(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        try:
+            out = self.fn(logits, batch)
+        except TypeError:
+            out = self.fn(logits)
+        if not torch.is_tensor(out) or not (out.dim() == 0 or tuple(out.shape) == (logits.shape[0],)):
+            raise InputError(f"the objective function must return a scalar or one value per input ([{logits.shape[0]}]), "
+                             f"not {type(out).__name__} {tuple(getattr(out, 'shape', ()))}.")
+        if not out.requires_grad:
+            raise InputError("the objective function's value does not depend on the logits (no gradient flows).")
+        return out.reshape(-1) if out.dim() else out[None]
+
+
+def token_scores(logits: torch.Tensor, rows: ScoredRows, score: str) -> torch.Tensor:
+    """``[batch, n]`` objective values from the logits at the scored rows (0 where a step is not valid)."""
+    idx = rows.positions.to(logits.device)
+    picked = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).float()  # [batch, n, vocab]
+    value = _score(picked, rows.tokens.to(logits.device), score)
+    if rows.foils is not None:
+        value = value - _score(picked, rows.foils.to(logits.device), score)
+    return value.masked_fill(~rows.valid.to(logits.device), 0.0)
+
+
+def _score(picked: torch.Tensor, tokens: torch.Tensor, score: str) -> torch.Tensor:
+    logit = picked.gather(-1, tokens[..., None])[..., 0]
+    if score == "logit":
+        return logit
+    logprob = logit - torch.logsumexp(picked, -1)
+    return logprob if score == "logprob" else logprob.exp()
