@@ -59,3 +59,40 @@ def test_lens_commands(tiny_path, tmp_path, capsys):
     assert "tuned_kl" in capsys.readouterr().out
     assert main(["lens", "tuned", "eval", str(tiny_path("llama")), "--texts", str(texts), "--lens", str(tmp_path / "tl")]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_help_lists_every_subcommand(capsys):
+    import pytest
+
+    from trilens.cli.main import SUBCOMMANDS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
+    assert names == ["info", "capture", "lens", "probe", "study"]
+    for name in names:
+        assert f"    {name} " in out
+
+
+def test_every_subcommand_answers_bad_input_with_one_line_and_exit_2(tiny_path, tmp_path, capsys):
+    gpt, t5 = str(tiny_path("gpt2")), str(tiny_path("t5"))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "x y", "y": 1}\n')
+    bad = {
+        "info": ["info", str(tmp_path / "no-model")],
+        "capture": ["capture", gpt, "--texts", str(tmp_path / "none.txt"), "--sites", "resid_post", "--out", str(tmp_path / "s")],
+        "lens": ["lens", "decoder", gpt, "x y"],
+        "probe": ["probe", gpt, "--data", str(data), "--label", "truth"],
+        "study": ["study", "run", "no_such_study", "--out", str(tmp_path / "o")],
+    }
+    expected = {"info": "does not exist|not a local directory", "capture": "does not exist", "lens": "encoder-decoder",
+                "probe": "no field 'truth'", "study": "no study named"}
+    import re
+
+    for name, argv in bad.items():
+        assert main(argv) == 2, name
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trilens: error:")]
+        assert len(err) == 1 and re.search(expected[name], err[0]), (name, err)
+    assert main(["lens", "logit", t5, "x y"]) == 2

@@ -59,8 +59,9 @@ class StudyContext:
 
     def figure(self, name: str, fig: Any) -> None:
         """Save a plotly figure as ``figures/<name>.html`` (self-contained, works offline)."""
-        (self.out / "figures").mkdir(exist_ok=True)
-        fig.write_html(self.out / "figures" / f"{name}.html", include_plotlyjs=True, full_html=True)
+        from .viz import write_html
+
+        write_html(fig, self.out / "figures" / f"{name}.html")
         self.figures.append(name)
 
     def table(self, name: str, frame: Any) -> None:

@@ -11,6 +11,7 @@ from collections import defaultdict
 import trilens
 from trilens.lens import decoder_lens
 from trilens.study import StudyContext
+from trilens.viz import curves
 from trilens.zoo import tasks as T
 from trilens.zoo.formats import seq2seq_item
 
@@ -23,8 +24,6 @@ def solved_layer(acc: list[float], tolerance: float) -> int:
 
 
 def run(ctx: StudyContext) -> None:
-    import plotly.graph_objects as go
-
     cfg = ctx.config
     model = trilens.load(cfg["model"])
     n_layers = model.n_layers["encoder"]
@@ -61,9 +60,9 @@ def run(ctx: StudyContext) -> None:
     ctx.metric("easier_solved_earlier", holds)
     ctx.metric("easier_solved_earlier_forced_choice", holds_choice)
     ctx.table("logic_by_layer", res.layer_metrics(groups=depth))
-    ctx.figure("logic_accuracy_by_layer", _curves(go, by_depth, "depth", "logic accuracy (T/F exact match)",
+    ctx.figure("logic_accuracy_by_layer", _curves(by_depth, "depth", "logic accuracy (T/F exact match)",
                                                   f"Decoder lens on {cfg['model']}: logic accuracy per encoder layer read"))
-    ctx.figure("logic_forced_choice_by_layer", _curves(go, choice, "depth", "forced choice T vs F (accuracy)",
+    ctx.figure("logic_forced_choice_by_layer", _curves(choice, "depth", "forced choice T vs F (accuracy)",
                                                        f"Decoder lens on {cfg['model']}: p(right) > p(wrong) per encoder layer read"))
 
     # -- reverse: exact match per layer and length ---------------------------------------------
@@ -86,7 +85,7 @@ def run(ctx: StudyContext) -> None:
             examples[rev[i].text][f"layer {k}"] = rres.outputs[k][i]
     ctx.metric("reverse_examples", examples)
     ctx.table("reverse_by_layer", rres.layer_metrics(groups=[_bucket(n) for n in lengths]))
-    ctx.figure("reverse_exact_match_by_layer", _curves(go, by_bucket, "length", "reverse exact match",
+    ctx.figure("reverse_exact_match_by_layer", _curves(by_bucket, "length", "reverse exact match",
                                                        f"Decoder lens on {cfg['model']}: reverse exact match per encoder layer read"))
 
     # -- summary ---------------------------------------------------------------------------------
@@ -133,9 +132,9 @@ def _spread(lengths: list[int], n: int) -> list[int]:
     return [order[round(j * (len(order) - 1) / max(1, n - 1))] for j in range(n)]
 
 
-def _curves(go, series: dict, label: str, yaxis: str, title: str):
-    fig = go.Figure([go.Scatter(x=list(range(len(v))), y=v, mode="lines+markers", name=f"{label} {k}")
-                     for k, v in series.items()])
-    fig.update_layout(title=title, xaxis_title="encoder layer read by the decoder (0 = embeddings)", yaxis_title=yaxis,
-                      yaxis_range=[0, 1.02])
+def _curves(series: dict, label: str, yaxis: str, title: str):
+    n = len(next(iter(series.values())))
+    fig = curves(list(range(n)), {f"{label} {k}": v for k, v in series.items()}, title=title, y_title=yaxis,
+                 x_title="encoder layer read by the decoder (0 = embeddings)")
+    fig.update_yaxes(range=[0, 1.02])
     return fig

@@ -16,6 +16,7 @@ import torch
 import trilens
 from trilens.lens import TunedLens, lens_at_answers, logit_lens, run_lens
 from trilens.study import StudyContext
+from trilens.viz import curves
 from trilens.zoo import tasks as T
 from trilens.lens.result import settled_layer
 from trilens.zoo.formats import contrast, lm_item, mlm_item
@@ -66,9 +67,6 @@ def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str
 
 
 def run(ctx: StudyContext) -> None:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     cfg = ctx.config
     for name in cfg["models"]:
         model = trilens.load(name)
@@ -77,7 +75,7 @@ def run(ctx: StudyContext) -> None:
         ctx.say(f"## {name}: logit lens on the {stack} stack ({n_layers} blocks; layer 0 = embeddings)")
         ctx.say("")
         per_group: dict[str, Any] = {}
-        fig = go.Figure()
+        beats: dict[str, list[float]] = {}
         rows_top, rows_beats = [], []
         for group, exs in example_sets(name, cfg, "test").items():
             r = answer_layers(model, exs, cfg["batch_size"])
@@ -91,8 +89,7 @@ def run(ctx: StudyContext) -> None:
                 (rows_top if key == "top1" else rows_beats).append((group, curve, entry[f"{label}_settled_median"]))
             entry["answer_prob_by_layer"] = [round(v, 4) for v in r["prob"].mean(1).tolist()]
             per_group[group] = entry
-            fig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=entry["beats_alternative_by_layer"], mode="lines+markers",
-                                     name=group))
+            beats[group] = entry["beats_alternative_by_layer"]
         for title, rows in (("answer is the layer's top-1 token", rows_top),
                             ("answer beats its alternative (T/F, she/he, verb forms)", rows_beats)):
             ctx.say(f"  {title}, per layer; 'from' = median layer from which it holds to the last layer")
@@ -100,8 +97,9 @@ def run(ctx: StudyContext) -> None:
             for group, curve, median in rows:
                 ctx.say(f"  {group:<16}" + "".join(f"{v:>6.2f}" for v in curve) + f"{str(median):>7}")
             ctx.say("")
-        fig.update_layout(title=f"Logit lens on {name}: share of examples whose answer beats its alternative",
-                          xaxis_title="layer (0 = embeddings)", yaxis_title="answer beats alternative", yaxis_range=[0, 1.02])
+        fig = curves(list(range(n_layers + 1)), beats, y_title="answer beats alternative",
+                     title=f"Logit lens on {name}: share of examples whose answer beats its alternative")
+        fig.update_yaxes(range=[0, 1.02])
         ctx.figure(f"{name.removeprefix('zoo:')}_answer_by_layer", fig)
 
         # -- tuned vs logit lens, KL to the final distribution on held-out text ------------------------
@@ -123,11 +121,8 @@ def run(ctx: StudyContext) -> None:
         below = sum(t <= lo + 1e-6 for t, lo in zip(kl_tuned, kl_logit))
         ctx.say(f"    tuned <= logit at {below} of {len(kl_logit)} layers")
         ctx.say("")
-        kfig = make_subplots()
-        for lens_name, values in (("logit lens", kl_logit), ("tuned lens", kl_tuned)):
-            kfig.add_trace(go.Scatter(x=list(range(n_layers + 1)), y=values, mode="lines+markers", name=lens_name))
-        kfig.update_layout(title=f"{name}: KL(final || lens) per layer, held-out text", xaxis_title="layer (0 = embeddings)",
-                           yaxis_title="nats", yaxis_type="log")
+        kfig = curves(list(range(n_layers + 1)), {"logit lens": kl_logit, "tuned lens": kl_tuned}, y_title="nats",
+                      title=f"{name}: KL(final || lens) per layer, held-out text", log_y=True)
         ctx.figure(f"{name.removeprefix('zoo:')}_kl_logit_vs_tuned", kfig)
 
 

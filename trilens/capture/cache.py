@@ -141,12 +141,13 @@ class ActivationCache(Result, Mapping):
                          "mean_norm": float(norm.mean())})
         return pd.DataFrame(rows)
 
-    def figure(self, site: str | None = None, *, head: int | None = None, sequence: int = 0):
+    def figure(self, site: str | None = None, *, head: int | None = None, sequence: int = 0, stack: str | None = None):
         """A figure of what was captured, for one sequence.
 
         An attention pattern site (hook name) gives that pattern with token labels (one ``head``, or the mean
-        over heads); any other hook name or kind (``"resid_post"``) gives a layers x positions heatmap of the
-        activation's L2 norm. Without ``site``: the last captured pattern if any, else the first kind captured.
+        over heads); any other hook name or kind (``"resid_post"``, of ``stack`` where several have it) gives a
+        layers x positions heatmap of the activation's L2 norm. Without ``site``: the last captured pattern if any,
+        else the first kind captured.
         """
         from ..viz.attention import pattern_figure
 
@@ -157,7 +158,7 @@ class ActivationCache(Result, Mapping):
             site = patterns[-1] if patterns else self._sites[next(iter(self._acts))].kind
         if site in self._acts and self._sites[site].kind in PATTERN_KINDS:
             return pattern_figure(self, site, head, sequence)
-        names = [site] if site in self._acts else self.names(site)
+        names = [site] if site in self._acts else self.names(site, stack)
         return self._norm_figure(names, sequence)
 
     def _norm_figure(self, names: list[str], sequence: int):
@@ -190,8 +191,9 @@ class ActivationCache(Result, Mapping):
 
     @classmethod
     def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> ActivationCache:
+        acts = group(tensors, "act/")
         return cls(
-            group(tensors, "act/"), {n: Site(**s) for n, s in data["sites"].items()}, stacks=tuple(data["stacks"]),
+            {n: acts[n] for n in data["sites"]}, {n: Site(**s) for n, s in data["sites"].items()}, stacks=tuple(data["stacks"]),
             masks={k: v.bool() for k, v in group(tensors, "mask/").items()}, tokens=data["tokens"], ids=group(tensors, "ids/"),
             positions=group(tensors, "positions/"), logits=tensors.get("logits"), info=info,
         )

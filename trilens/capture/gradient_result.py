@@ -162,7 +162,8 @@ class GradientResult(Result):
 
     @classmethod
     def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> GradientResult:
-        return cls(grads=group(tensors, "grad/"), acts=group(tensors, "act/"),
+        grads, acts = group(tensors, "grad/"), group(tensors, "act/")
+        return cls(grads={n: grads[n] for n in data["sites"]}, acts={n: acts[n] for n in data["sites"]},
                    sites={n: Site(**s) for n, s in data["sites"].items()}, values=tensors["values"],
                    valid=tensors["valid"].bool(), scored=group(tensors, "scored/"), per_step=data["per_step"],
                    scored_stack=data["scored_stack"], stacks=tuple(data["stacks"]),

@@ -32,7 +32,13 @@ from .trace import intervention_hooks
 if TYPE_CHECKING:
     from ..model import Model
 
-STEP_MEMORY_BUDGET = 2 * 2**30  # bytes of batched-backward working memory per chunk of steps
+# Steps per batched backward: enough that a chunk's matrix products have about STEP_ROWS rows (token positions of
+# every stack, times inputs, times steps), at least 2, a power of two. Measured on a 2-core CPU
+# (benchmarks/gradients.py): batching pays while each step's products are short (one input of 80 tokens on GPT-2-small:
+# 8 steps at a time run 1.5x faster than one) and stops paying once they are long (8 inputs: more than 2 only add
+# memory traffic); 2 was never slower than 1.
+STEP_ROWS = 1024
+STEP_MEMORY_BUDGET = 2 * 2**30  # bytes: no chunk larger than this many bytes of about sixteen head-input copies
 
 
 def gradients(
@@ -55,8 +61,8 @@ def gradients(
             ``LogitFunction``.
         sites: hook names or kinds (``"resid_post"``, ``"attn_pattern"``, ...).
         embeddings: also return the gradients at each stack's token embeddings.
-        step_batch: steps per batched backward pass (default: as many as fit ``STEP_MEMORY_BUDGET``; 1 runs one
-            backward per step).
+        step_batch: steps per batched backward pass (default: from the input's size, see ``STEP_ROWS``; 1 runs one
+            backward per step). Chunk sizes change only the rounding of the results (float32, about 1e-7 relative).
         batch_size: inputs per forward pass (default: all at once).
     """
     objective = TokenScore() if objective is None else objective
@@ -105,12 +111,14 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
     for key, t in zip(keys, tensors):
         if not t.requires_grad:
             raise SiteError(f"{key} is not on the autograd path of the objective (it does not depend on the inputs).")
+    chunks: list[int] = []
     if objective.per_step:
-        grads = _per_step(values, rows, head.get("x"), tensors, step_batch, batch)
+        grads, chunks = _per_step(values, rows, head.get("x"), tensors, step_batch, batch)
     else:
         grads = [g.unsqueeze(1) for g in _grad(values.sum(), tensors, keys)]  # a step axis of one
     return {"values": values.detach(), "valid": rows.valid if rows is not None else torch.ones_like(values, dtype=torch.bool),
-            "rows": rows, "grads": dict(zip(keys, grads)), "acts": {k: t.detach() for k, t in zip(keys, tensors)}}
+            "rows": rows, "grads": dict(zip(keys, grads)), "acts": {k: t.detach() for k, t in zip(keys, tensors)},
+            "chunks": chunks}
 
 
 def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **kw: Any) -> list[torch.Tensor]:
@@ -123,8 +131,9 @@ def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **k
 
 
 def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, inputs: list[torch.Tensor],
-              step_batch: int | None, batch: Batch) -> list[torch.Tensor]:
-    """``[batch, step, ...]`` gradients of every step's objective, the steps' backward passes batched."""
+              step_batch: int | None, batch: Batch) -> tuple[list[torch.Tensor], list[int]]:
+    """``[batch, step, ...]`` gradients of every step's objective, the steps' backward passes batched; and the
+    number of steps each backward pass held."""
     n_rows, n_steps = values.shape
     keys = [f"input {i}" for i in range(len(inputs))]
     if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks["decoder"].shape[1]):
@@ -133,7 +142,7 @@ def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, in
         source, positions = x, rows.positions.to(x.device)
     else:  # no separable head: seed each step at the objective itself
         gx, source, positions = None, values, None
-    chunk = step_batch or _auto_chunk(x if x is not None else values, n_steps)
+    chunk = _chunk_size(step_batch, batch, source, n_steps)
     parts: list[list[torch.Tensor]] = []
     for start in range(0, n_steps, chunk):
         cols = torch.arange(start, min(n_steps, start + chunk), device=values.device)
@@ -144,7 +153,7 @@ def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, in
         else:
             got = _grad(source, inputs, keys, grad_outputs=seed, retain_graph=not last, is_grads_batched=True)
         parts.append(got)
-    return [torch.cat([p[i] for p in parts]).movedim(0, 1) for i in range(len(inputs))]
+    return [torch.cat([p[i] for p in parts]).movedim(0, 1) for i in range(len(inputs))], [len(p[0]) for p in parts]
 
 
 def _seeds(source: torch.Tensor, gx: torch.Tensor | None, positions: torch.Tensor | None, valid: torch.Tensor,
@@ -163,11 +172,14 @@ def _seeds(source: torch.Tensor, gx: torch.Tensor | None, positions: torch.Tenso
     return seed
 
 
-def _auto_chunk(reference: torch.Tensor, n_steps: int) -> int:
-    """Steps per batched backward so that its working memory (a few copies of the residual stream per step,
-    about eight of ``reference``'s size) stays within ``STEP_MEMORY_BUDGET``."""
-    per_step = 8 * reference.numel() * reference.element_size()
-    return max(1, min(n_steps, STEP_MEMORY_BUDGET // max(per_step, 1)))
+def _chunk_size(step_batch: int | None, batch: Batch, source: torch.Tensor, n_steps: int) -> int:
+    """Steps per batched backward: ``step_batch``, or about ``STEP_ROWS`` rows per chunk (see there)."""
+    if step_batch is not None:
+        return min(step_batch, n_steps)
+    rows = sum(int(m.numel()) for m in batch.masks.values())  # token positions of every stack, all inputs
+    size = 1 << max(1, (STEP_ROWS // max(rows, 1)).bit_length() - 1)  # a power of two, at least 2
+    largest = STEP_MEMORY_BUDGET // max(16 * source.numel() * source.element_size(), 1)
+    return max(1, min(n_steps, size, largest))
 
 
 def _assemble(model: Model, batch: Batch, objective: Objective, names: list[str], embeddings: bool,
@@ -198,4 +210,5 @@ def _assemble(model: Model, batch: Batch, objective: Objective, names: list[str]
     return GradientResult(step_tokens=step_tokens, grads=grads, acts=acts, sites=sites, values=values, valid=valid, scored=scored,
                           per_step=objective.per_step, scored_stack=scored_stack(model), stacks=model.stacks,
                           masks={s: m.cpu() for s, m in batch.masks.items()}, ids=ids, tokens=tokens,
-                          info=provenance(model, "gradients", params, batch.input_ids.shape[0]))
+                          info=provenance(model, "gradients", params, batch.input_ids.shape[0],
+                                          step_chunks=[p["chunks"] for p in parts] if objective.per_step else None))
