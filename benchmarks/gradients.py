@@ -140,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short targets, a 4-layer GPT-2 shape: a smoke run")
     parser.add_argument("--models", nargs="+", default=["gpt", "t5", "gpt2-small"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     args = parser.parse_args()
     lengths = (8, 16) if args.quick else (8, 32, 64)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -147,27 +148,29 @@ def main() -> None:
         print(f"\n## {name}: {model.architecture}, {dict(model.n_layers)} layers, d_model {model.d_model}, "
               f"vocab {model.vocab_size}; per-step gradients at the token embeddings (log p of each target token)")
         print(f"{'batch':>5} {'steps':>5} {'tokens':>6} {'chunk':>5} {'trilens s':>9} {'one-step s':>10} {'loop s':>8} "
-              f"{'prefix s':>8} {'vs loop':>7} {'vs prefix':>9} {'one-step vs loop':>16} {'max |diff|':>10}")
+              f"{'prefix s':>8} {'vs loop':>7} {'vs prefix':>9} {'one-step vs loop':>16} {'max |diff|':>10} {'relative':>8}")
         where = []
-        for batch in (1, 8):
-            for steps in lengths:
-                inputs, prompt, steps = make_inputs(model, batch, steps, seed=steps * 10 + batch)
+        for batch in args.batches:
+            for wanted in lengths:
+                inputs, prompt, steps = make_inputs(model, batch, wanted, seed=wanted * 10 + batch)
                 by_trilens(model, inputs, prompt, min(steps, 2))  # warm-up
                 fns = {"one-step": lambda: by_trilens(model, inputs, prompt, steps, step_batch=1),
                        "trilens": lambda: by_trilens(model, inputs, prompt, steps),
                        "loop": lambda: by_loop(model, inputs, prompt, steps),
                        "prefix": lambda: by_prefix(model, inputs, prompt, steps)}
                 first, results = median_times(fns, 1)
-                rounds = 1 if args.quick or sum(first.values()) > 30 else 3
+                rounds = 1 if args.quick or sum(first.values()) > 30 else 3 if sum(first.values()) > 5 else 7
                 t, results = median_times(fns, rounds) if rounds > 1 else (first, results)
                 diff = max(float((a - b).abs().max()) for other in ("trilens", "one-step", "prefix")
                            for a, b in zip(results[other], results["loop"]))
+                scale = max(float(g.abs().max()) for g in results["loop"])
                 tokens = (prompt + steps) if model.family == "decoder" else f"{prompt}+{steps}"
                 chunk = max(CHUNKS)  # the size trilens settled on in its last round
                 print(f"{batch:>5} {steps:>5} {tokens:>6} {chunk:>5} {t['trilens']:>9.3f} {t['one-step']:>10.3f} "
                       f"{t['loop']:>8.3f} {t['prefix']:>8.3f} {t['loop'] / t['trilens']:>6.2f}x "
-                      f"{t['prefix'] / t['trilens']:>8.2f}x {t['loop'] / t['one-step']:>15.2f}x {diff:>10.1e}", flush=True)
-                if steps == lengths[-1]:
+                      f"{t['prefix'] / t['trilens']:>8.2f}x {t['loop'] / t['one-step']:>15.2f}x {diff:>10.1e} {diff / scale:>8.1e}",
+                      flush=True)
+                if wanted == lengths[-1]:
                     fwd = statistics.median(time_forward(model, inputs, prompt) for _ in range(3))
                     where.append((batch, steps, fwd, t))
         print("where the time goes (longest target): the forward pass with a graph, then per step: the body's backward "

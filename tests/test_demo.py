@@ -24,6 +24,7 @@ def test_demo_shows_each_zoo_model_and_its_answer_per_layer():
     assert len(probs) == 2 and all(float(p[-1]) > 0.5 for p in probs)
     # the decoder lens reading the last encoder layer reproduces the model's answer and the reversal
     assert f"layer 6: {answer}" in text and "layer 6: h g f e d c b a" in text
+    assert text.count("d log p(") == 2  # gradients: the most salient input tokens of the answer
     assert "Done in" in text
 
 

@@ -60,6 +60,24 @@ def test_results_carry_their_provenance(results, tiny):
     assert results["GradientResult"].info["params"]["objective"] == "StepScores"
 
 
+def test_the_weights_fingerprint_follows_the_weights(tiny_path):
+    import torch
+
+    from trilens.provenance import model_fingerprint
+
+    model = trilens.load(tiny_path("gpt2"))
+    first = model_fingerprint(model)
+    assert model_fingerprint(model) == first
+    weight = model.hf_model.transformer.h[0].attn.c_attn.weight
+    old = float(weight.detach().view(-1)[0])
+    with torch.no_grad():
+        weight.view(-1)[0] = old + 1.0  # an in-place edit, as an optimizer step makes
+    assert model_fingerprint(model) != first
+    with torch.no_grad():
+        weight.view(-1)[0] = old
+    assert model_fingerprint(model) == first
+
+
 def test_results_saved_by_trilens_0_1_0_still_load():
     kinds = {"lens": LensResult, "decoder_lens": DecoderLensResult, "probe": ProbeResult,
              "cache": trilens.ActivationCache, "generation": trilens.Generation}

@@ -2,8 +2,8 @@
 
 For each family it loads the shipped model offline, says what it is and how good it is (its model
 card), and shows one view of its internals: the answer's probability per layer for a logic formula
-(logit lens on zoo:gpt and zoo:bert), and what the decoder outputs when it reads each encoder layer
-of zoo:t5 (decoder lens).
+(logit lens on zoo:gpt and zoo:bert) and the input tokens its log-probability is most sensitive to (gradients),
+and what the decoder outputs when it reads each encoder layer of zoo:t5 (decoder lens).
 """
 
 from __future__ import annotations
@@ -49,6 +49,19 @@ def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> None:
     print("    top-1  " + "".join(f"{t:>7}" for t in tops), file=out)
     settled = int(at["settled"][0])
     print(f"    the answer is top-1 from layer {settled} on" if settled >= 0 else "    the model gets it wrong", file=out)
+    _salient_tokens(model, text, answer, out)
+
+
+def _salient_tokens(model: Any, text: str, answer: str, out: TextIO) -> None:
+    """Which input tokens the answer's log-probability is most sensitive to (gradient norm at the token embeddings)."""
+    from .capture.objectives import TokenScore
+
+    res = model.gradients([text], TokenScore(token=answer, position="mask" if model.family == "encoder" else -1))
+    scores = res.saliency()[0, 0]
+    tokens = res.tokens()[0]
+    top = scores.argsort(descending=True)[:3].tolist()
+    print(f"    d log p({answer}) / d token embeddings is largest at: "
+          + ", ".join(f"{i}:{tokens[i]} ({float(scores[i]):.2f})" for i in top), file=out)
 
 
 def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> None:

@@ -16,13 +16,24 @@ if TYPE_CHECKING:
 
 
 def model_fingerprint(model: Model) -> str:
-    """A hash of the config and of a sample of every parameter: a different model -> a different hash."""
+    """A hash of the config and of a sample of every parameter: a different model -> a different hash.
+
+    Kept on the model while its config object stays and no parameter is replaced or changed in place (torch counts
+    in-place writes per tensor), so results of many small runs do not re-hash the weights each time.
+    """
+    params = list(model.hf_model.named_parameters())
+    state = (id(model.config), *((id(p), p.data_ptr(), p._version) for _, p in params))
+    cached = getattr(model, "_fingerprint", None)
+    if cached is not None and cached[0] == state:
+        return cached[1]
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     with torch.inference_mode():
-        for name, p in model.hf_model.named_parameters():
+        for name, p in params:
             h.update(name.encode())
             h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
+    value = h.hexdigest()[:32]
+    model._fingerprint = (state, value)
+    return value
 
 
 def jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ probabilities themselves (the tensor multiplied with the values), so pattern gra
 Per-step objectives (one per teacher-forced target token) share one forward pass. Step t's objective depends only on
 row p_t of the LM head's input X, so one backward through the head gives every step's gradient at X; the steps'
 backward passes through the body then run batched (``torch.autograd.grad(..., is_grads_batched=True)``), a chunk of
-steps at a time within a memory budget.
+steps at a time (``STEP_ROWS``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from .trace import intervention_hooks
 if TYPE_CHECKING:
     from ..model import Model
 
-# Steps per batched backward: enough that a chunk's matrix products have about STEP_ROWS rows (token positions of
-# every stack, times inputs, times steps), at least 2, a power of two. Measured on a 2-core CPU
-# (benchmarks/gradients.py): batching pays while each step's products are short (one input of 80 tokens on GPT-2-small:
-# 8 steps at a time run 1.5x faster than one) and stops paying once they are long (8 inputs: more than 2 only add
-# memory traffic); 2 was never slower than 1.
+# Steps per batched backward: the largest power of two that keeps a chunk's matrix products within about STEP_ROWS rows
+# (token positions of every stack, times inputs, times steps). Measured on a 2-core CPU (benchmarks/gradients.py):
+# batching pays while each step's products are short (one input of 80 tokens on GPT-2-small: 8 steps at a time run
+# 1.2-1.8x faster than one at a time) and stops paying once they are long (8 inputs of 80 tokens: one step at a time
+# is best; more only adds memory traffic).
 STEP_ROWS = 1024
 STEP_MEMORY_BUDGET = 2 * 2**30  # bytes: no chunk larger than this many bytes of about sixteen head-input copies
 
@@ -177,7 +177,7 @@ def _chunk_size(step_batch: int | None, batch: Batch, source: torch.Tensor, n_st
     if step_batch is not None:
         return min(step_batch, n_steps)
     rows = sum(int(m.numel()) for m in batch.masks.values())  # token positions of every stack, all inputs
-    size = 1 << max(1, (STEP_ROWS // max(rows, 1)).bit_length() - 1)  # a power of two, at least 2
+    size = 1 << max(0, (STEP_ROWS // max(rows, 1)).bit_length() - 1)  # a power of two
     largest = STEP_MEMORY_BUDGET // max(16 * source.numel() * source.element_size(), 1)
     return max(1, min(n_steps, size, largest))
 
