@@ -300,3 +300,75 @@ def test_bad_requests_say_what_to_do(tiny):
         gpt.gradients(TEXTS, sites="blocks.0.hook_resid_psot")
     with pytest.raises(InputError, match="2 tokens for 3 inputs|2 tokens"):
         gpt.gradients(TEXTS, TokenScore(token=["cat", "dog"]))
+
+
+def test_per_input_settings_and_interventions_follow_batch_size_chunks(tiny):
+    gpt = tiny("gpt2")
+    tokens = ["cat", "dog", "a"]
+    whole = gpt.gradients(TEXTS, TokenScore(token=tokens, position=[1, 0, 2]), sites="resid_post")
+    parts = gpt.gradients(TEXTS, TokenScore(token=tokens, position=[1, 0, 2]), sites="resid_post", batch_size=1)
+    steps = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "b"], "cat"]), batch_size=2)
+    steps_whole = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "b"], "cat"]))
+    for a, b in ((whole, parts), (steps_whole, steps)):
+        for key in a.grads:
+            torch.testing.assert_close(a.grads[key], b.grads[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=0)
+    source = gpt.trace(TEXTS, sites="blocks.0.hook_resid_post")
+    patch = trilens.Patch("blocks.0.hook_resid_post", source=source, positions=[0])
+    patched = [gpt.gradients(TEXTS, interventions=[patch], batch_size=b) for b in (None, 1)]
+    torch.testing.assert_close(patched[0].grad("embed"), patched[1].grad("embed"), atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="2 scored steps but 3 per-step foils"):
+        gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=["the", ["a", "b", "c"], "cat"]))
+
+
+def test_mean_ablation_keeps_inputs_independent(tiny):
+    """The mean an ablation writes is a constant: no gradient flows from one input's objective to another input."""
+    gpt = tiny("gpt2")
+    ablate = trilens.AblateNeurons(layer=0, units=list(range(20)), mode="mean")
+    only_first = LogitFunction(lambda logits: logits[:, 1, 7] * torch.tensor([1.0, 0.0, 0.0]))
+    result = gpt.gradients(TEXTS, only_first, interventions=[ablate])
+    assert result.grad("embed")[0].abs().sum() > 0
+    assert not result.grad("embed")[1:].any()
+
+
+def test_sites_at_the_logits_and_embedding_hooks_take_gradients(tiny):
+    gpt = tiny("gpt2")
+    per_step = gpt.gradients(TEXTS, StepScores(), sites=["hook_unembed", "blocks.1.hook_resid_post"])
+    batched_x = gpt.gradients(TEXTS, StepScores(), sites=["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(per_step.grads["blocks.1.hook_resid_post"], batched_x.grads["blocks.1.hook_resid_post"],
+                               atol=1e-5, rtol=0)
+    logits_grad = per_step.grad("hook_unembed")  # d log p(y_t) / d logits: onehot - softmax at the step's position only
+    row, step = 0, 2
+    pos, tok = int(per_step.scored["positions"][row, step]), int(per_step.scored["tokens"][row, step])
+    expected = -per_step.activation("hook_unembed")[row, pos].softmax(-1)
+    expected[tok] += 1
+    torch.testing.assert_close(logits_grad[row, step, pos], expected, atol=1e-6, rtol=0)
+    assert not logits_grad[row, step, pos + 1:].any()
+    embed = gpt.gradients(TEXTS, sites=["hook_embed", "embed.hook_out"])
+    torch.testing.assert_close(embed.grad("hook_embed"), embed.grad("embed"))
+    torch.testing.assert_close(embed.grad("embed.hook_out"), embed.grad("embed"))
+
+
+def test_sites_a_setting_silences_are_refused_together_with_it(tiny):
+    gpt = tiny("gpt2")
+    assert gpt.trace(TEXTS, sites="blocks.0.attn.q.hook_in")["blocks.0.attn.q.hook_in"].shape[0] == 3
+    with pytest.raises(SiteError, match="does not fire while TransformerLens's use_split_qkv_input is on"):
+        gpt.trace(TEXTS, sites=["blocks.0.attn.q.hook_in", "blocks.0.hook_q_input"])
+
+
+def test_objective_values_and_number_types(tiny):
+    import numpy as np
+
+    gpt = tiny("gpt2")
+    with pytest.raises(InputError, match="one value per input"):
+        gpt.gradients(TEXTS, LogitFunction(lambda logits: logits[:, -1, 0].sum()))
+
+    def two(logits, batch):
+        return logits[torch.arange(3), batch.attention_mask.sum(1) - 1, 7]
+
+    by_batch = gpt.gradients(TEXTS, LogitFunction(two))
+    by_ids = gpt.gradients(TEXTS, TokenScore(token=np.int64(7), position=np.int64(-1), score="logit"))
+    by_tensor = gpt.gradients(TEXTS, TokenScore(token=torch.tensor(7), score="logit"))
+    torch.testing.assert_close(by_batch.grad("embed"), by_ids.grad("embed"))
+    torch.testing.assert_close(by_batch.grad("embed"), by_tensor.grad("embed"))
+    assert "TokenScore" in repr(by_ids) and "LogitFunction" in repr(by_batch)

@@ -122,3 +122,21 @@ def test_a_failed_save_leaves_nothing(results, tmp_path):
     finally:
         del result.info["unserialisable"]
     assert not (tmp_path / "p").exists() and not list(tmp_path.iterdir())
+
+
+def test_saving_keeps_other_folders_and_shared_tensors(tiny, tmp_path):
+    gpt, t5 = tiny("gpt2"), tiny("t5")
+    keep = tmp_path / "my-notes"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="holds no trilens result"):
+        gpt.trace(["x y"], sites="resid").save(keep)
+    assert (keep / "notes.txt").read_text() == "mine"
+    # a tensor and a view of it under two names (sequences / ids, resid_pre / resid_post of consecutive layers)
+    for name, result in {"one": gpt.generate(["the cat"], capture="resid_post", max_new_tokens=2),
+                         "enc-dec": t5.generate(["x y z"], capture=["resid_post"], max_new_tokens=2),
+                         "resid": gpt.trace(["x y"], sites="resid")}.items():
+        back = load_result(result.save(tmp_path / name))
+        pd.testing.assert_frame_equal(back.to_frame(), result.to_frame())
+    cache = t5.trace([("x y", "y x")], sites="resid_post")
+    assert cache.figure().data[0].z.shape[0] == 2  # no patterns: the first captured kind of its own stack

@@ -37,8 +37,8 @@ class Model:
         from .capture.bridge_settings import firing_sites
 
         # only the hook points that fire (some need a bridge setting, turned on for the runs that use them)
-        names, self.site_settings, never = firing_sites(bridge, self.hf_model, family)
-        self.site_index = SiteIndex(names, family, never_fire=never)
+        self.site_probe = firing_sites(bridge, self.hf_model, family)
+        self.site_index = SiteIndex(self.site_probe.names, family, never_fire=self.site_probe.never)
         self.stacks: tuple[str, ...] = tuple(STACK_PREFIXES[family])
         self.n_layers: dict[str, int] = dict(self.site_index.n_layers)
 
@@ -149,7 +149,7 @@ class Model:
         fwd_hooks = list(fwd_hooks)
         for name, _ in fwd_hooks:
             self.site_index.site(name)  # a name that never fires here fails now, with suggestions
-        with settings_for(self.bridge, [n for n, _ in fwd_hooks], self.site_settings), self.bridge.hooks(fwd_hooks=fwd_hooks):
+        with settings_for(self.bridge, [n for n, _ in fwd_hooks], self.site_probe), self.bridge.hooks(fwd_hooks=fwd_hooks):
             yield self
 
     def trace(

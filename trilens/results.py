@@ -135,13 +135,16 @@ class Result:
         The folder is built beside ``path`` and renamed into place: an error leaves nothing half-written.
         """
         path = Path(path)
+        if path.is_dir() and any(path.iterdir()) and not _holds_result(path):
+            raise StoreError(f"{path} is a folder that holds no trilens result; saving there would replace it. "
+                             "Choose a new or empty folder.")
         data, tensors = self._state()
         doc = {"format": f"trilens.{type(self).__name__}", "version": FORMAT_VERSION, "trilens": __version__,
                "info": self.info, "data": data}
         text = json.dumps(doc)  # fails here, before anything is written, if something is not JSON
         with atomic_dir(path) as tmp:
             if tensors:
-                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / TENSOR_FILE)
+                save_file(_own_storage(tensors), tmp / TENSOR_FILE)
             (tmp / RESULT_FILE).write_text(text)
             if figure:
                 from .viz import write_html
@@ -169,6 +172,25 @@ class Result:
             return head + "<p>(install plotly for the figure: pip install 'trilens[analysis]')</p>"
         except TrilensError as err:  # a result with nothing to draw says why
             return head + f"<p>{html.escape(str(err))}</p>"
+
+
+def _holds_result(path: Path) -> bool:
+    return (path / RESULT_FILE).exists() or any((path / f).exists() for f in _LEGACY_FILES)
+
+
+def _own_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with memory of its own (safetensors refuses tensors that share memory, as a
+    tensor and a view of it kept under two names do)."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
 
 
 def group(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

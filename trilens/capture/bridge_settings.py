@@ -3,7 +3,8 @@
 TransformerLens lists every hook point its adapter declares, but some fire only after a bridge setting
 (``hook_result`` after ``set_use_attn_result``, ``hook_q_input`` after ``set_use_split_qkv_input``, ...), which exists
 only where the attention bridge has a fork point (decoder-only models), and some never fire on an architecture
-(T5's ``hook_embed``). ``firing_sites`` finds out at load with tiny forward passes; ``settings_for`` turns a setting
+(T5's ``hook_embed``), and a setting silences a few others (``attn.q.hook_in`` while ``use_split_qkv_input`` is on).
+``firing_sites`` finds out at load with tiny forward passes; ``settings_for`` turns a setting
 on for one run that needs it and restores it afterwards, also on error.
 """
 
@@ -11,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import SiteError
-
-# Settings that gate hook points; the two attention forks exclude each other, so they are probed apart.
-PROBE_GROUPS = (("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in"), ("use_attn_in",))
 
 
 def gating_setting(bridge: Any, name: str) -> str | None:
@@ -61,49 +60,59 @@ def _fired(bridge: Any, hf: Any, names: Iterable[str], batch: dict[str, torch.Te
     return fired
 
 
-def firing_sites(bridge: Any, hf: Any, family: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """(hook names that fire, in the bridge's order; ``{name: setting}`` for those that fire only with a setting;
-    ``{name: why}`` for the listed ones that never fire here).
+@dataclass
+class SiteProbe:
+    """What the load-time probe found about the bridge's hook points."""
 
-    Runs one two-token forward pass, plus one per group of settings this bridge supports (each restored after).
-    """
+    names: list[str]  # the hook points that fire, in the bridge's order
+    needs: dict[str, str]  # hook point -> the setting it needs to fire
+    never: dict[str, str]  # listed hook point that never fires here -> why
+    silenced: dict[str, set[str]]  # setting -> hook points that fire normally but not while it is on
+
+
+def firing_sites(bridge: Any, hf: Any, family: str) -> SiteProbe:
+    """Which hook points fire: one two-token forward pass, plus one per setting this bridge supports (each turned on
+    alone, then off again)."""
     names = list(bridge.hook_dict)
     batch = _probe_batch(hf, family)
     fired = _fired(bridge, hf, names, batch)
     gated = {n: gating_setting(bridge, n) for n in names}
     needs: dict[str, str] = {}
     refused: dict[str, str] = {}
-    for group in PROBE_GROUPS:
-        wanted = [s for s in group if any(g == s for g in gated.values())]
-        enabled = []
+    silenced: dict[str, set[str]] = {}
+    for setting in sorted({g for g in gated.values() if g is not None}):
         try:
-            for setting in wanted:
-                try:
-                    _set(bridge, setting, True)
-                    enabled.append(setting)
-                except (NotImplementedError, ValueError) as err:  # no fork point for it: its hooks never fire
-                    refused[setting] = str(err).split(". ")[0]
-                    continue
-            if enabled:
-                now = _fired(bridge, hf, [n for n in names if gated[n] in enabled], batch)
-                needs.update({n: gated[n] for n in now})
+            _set(bridge, setting, True)
+        except (NotImplementedError, ValueError) as err:  # no fork point for it: its hooks never fire
+            refused[setting] = str(err).split(". ")[0]
+            continue
+        try:
+            now = _fired(bridge, hf, [n for n in names if gated[n] in (None, setting)], batch)
         finally:
-            for setting in enabled:
-                _set(bridge, setting, False)
+            _set(bridge, setting, False)
+        needs.update({n: setting for n in now if gated[n] == setting})
+        silenced[setting] = fired - now
     keep = fired | set(needs)
     why = {n: (f"it needs TransformerLens's {gated[n]} setting, which this {type(hf).__name__} bridge does not support "
                f"({refused[gated[n]]})" if gated[n] in refused else
                f"TransformerLens lists it, but {type(hf).__name__} never calls it") for n in names if n not in keep}
-    return [n for n in names if n in keep], needs, why
+    return SiteProbe([n for n in names if n in keep], needs, why, silenced)
 
 
 @contextmanager
-def settings_for(bridge: Any, names: Iterable[str], needs: dict[str, str]) -> Iterator[None]:
+def settings_for(bridge: Any, names: Iterable[str], probe: SiteProbe) -> Iterator[None]:
     """Turn on, for the block, the settings the hook points ``names`` need; then put back what was there."""
-    wanted = sorted({needs[n] for n in names if n in needs and gating_setting(bridge, n) is not None})
+    names = list(names)
+    wanted = sorted({probe.needs[n] for n in names if n in probe.needs and gating_setting(bridge, n) is not None})
     if {"use_split_qkv_input", "use_attn_in"} <= set(wanted):
         raise SiteError("q/k/v_input and attn_in sites cannot fire in one run: TransformerLens's use_split_qkv_input "
                         "and use_attn_in settings exclude each other. Capture them in two runs.")
+    for setting in wanted:
+        quiet = [n for n in names if n in probe.silenced.get(setting, ())]
+        if quiet:
+            needer = next(n for n in names if probe.needs.get(n) == setting)
+            raise SiteError(f"{quiet[0]} does not fire while TransformerLens's {setting} is on, which {needer} needs: "
+                            "capture them in two runs.")
     previous = {s: bool(getattr(bridge.cfg, s, False)) for s in wanted}
     changed = []
     try:

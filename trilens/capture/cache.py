@@ -155,7 +155,8 @@ class ActivationCache(Result, Mapping):
             raise InputError("this cache is empty: nothing to draw.")
         if site is None:
             patterns = [n for n in self._acts if self._sites[n].kind in PATTERN_KINDS]
-            site = patterns[-1] if patterns else self._sites[next(iter(self._acts))].kind
+            first = self._sites[next(iter(self._acts))]
+            site, stack = (patterns[-1], stack) if patterns else (first.kind, stack or first.stack)
         if site in self._acts and self._sites[site].kind in PATTERN_KINDS:
             return pattern_figure(self, site, head, sequence)
         names = [site] if site in self._acts else self.names(site, stack)

@@ -46,8 +46,9 @@ class Generation(Result):
 
     def __init__(self, *, sequences: torch.Tensor, prompt_length: int, generated_ids: torch.Tensor, texts: list[str],
                  logits: torch.Tensor | None, steps: list[dict[str, torch.Tensor]], encoder: dict[str, torch.Tensor],
-                 cache: ActivationCache, info: dict[str, Any]):
+                 cache: ActivationCache, info: dict[str, Any], live: torch.Tensor | None = None):
         self.sequences = sequences
+        self.live = live  # [batch, step]: the token came before the row's first end-of-sequence (inclusive)
         self.prompt_length = prompt_length
         self.generated_ids = generated_ids
         self.texts = texts
@@ -85,7 +86,7 @@ class Generation(Result):
         logits = torch.stack(out.logits, dim=1).cpu() if getattr(out, "logits", None) else None
         per_step = [{n: t for n, t in s.items()} for s in steps]
         return cls(sequences=seq, prompt_length=start, generated_ids=gen, texts=texts, logits=logits,
-                   steps=per_step, encoder=dict(once), cache=cache, info=info)
+                   steps=per_step, encoder=dict(once), cache=cache, info=info, live=live)
 
     @property
     def n_steps(self) -> int:
@@ -121,12 +122,19 @@ class Generation(Result):
         if sequence is not None and not 0 <= sequence < self.generated_ids.shape[0]:
             raise InputError(f"sequence {sequence} does not exist; this generation holds {self.generated_ids.shape[0]}.")
         steps = list(range(self.generated_ids.shape[1]))
-        series = {f"sequence {b}": frame[frame["sequence"] == b].sort_values("step")["prob"].to_numpy() for b in rows}
+        series = {}
+        for b in rows:
+            prob = frame[frame["sequence"] == b].sort_values("step")["prob"].to_numpy(dtype=float, copy=True)
+            if self.live is not None:  # nothing to draw after the row's end of sequence
+                prob[~self.live[b].numpy()] = float("nan")
+            series[f"sequence {b}"] = prob
         return curves(steps, series, title=f"probability of each generated token — {self.info.get('model', '')}",
                       x_title="generation step", y_title="probability")
 
     def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors = {"sequences": self.sequences, "generated_ids": self.generated_ids}
+        if self.live is not None:
+            tensors["live"] = self.live.to(torch.uint8)
         if self.logits is not None:
             tensors["logits"] = self.logits
         tensors.update({f"step/{t}/{n}": v for t, s in enumerate(self.steps) for n, v in s.items()})
@@ -151,7 +159,7 @@ class Generation(Result):
             steps[int(i)][name] = value
         return cls(sequences=tensors["sequences"], prompt_length=data["prompt_length"], generated_ids=tensors["generated_ids"],
                    texts=data["texts"], logits=tensors.get("logits"), steps=steps, encoder=group(tensors, "encoder/"),
-                   cache=cache, info=info)
+                   cache=cache, info=info, live=tensors["live"].bool() if "live" in tensors else None)
 
     @classmethod
     def _from_legacy(cls, path: Path) -> Generation:

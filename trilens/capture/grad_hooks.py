@@ -30,15 +30,15 @@ def frozen_weights(module: torch.nn.Module) -> Iterator[None]:
 
 
 def embedding_modules(model: Model) -> dict[str, torch.nn.Module]:
-    """The token-embedding module each stack calls (encoder-decoders often share one)."""
+    """The token-embedding module each stack calls (encoder-decoders often share one): the HF module itself, inside
+    the bridge's wrapper, so the bridge's own embedding hooks see the leaf this file makes there."""
     hf = model.hf_model
     if model.family != "encoder-decoder":
-        return {model.stacks[0]: hf.get_input_embeddings()}
-    modules = {}
-    for stack, part in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
-        module = getattr(part, "embed_tokens", None) or part.get_input_embeddings()
-        modules[stack] = module
-    return modules
+        found = {model.stacks[0]: hf.get_input_embeddings()}
+    else:
+        found = {stack: getattr(part, "embed_tokens", None) or part.get_input_embeddings()
+                 for stack, part in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder()))}
+    return {stack: getattr(module, "original_component", None) or module for stack, module in found.items()}
 
 
 @contextmanager

@@ -172,5 +172,6 @@ class GradientResult(Result):
 
     def __repr__(self) -> str:
         what = f"{self.n_steps} steps" if self.per_step else "one objective"
-        return (f"GradientResult({self.values.shape[0]} inputs, {what}, {self.info.get('objective', '')}, "
+        objective = self.info.get("params", {}).get("objective", "")
+        return (f"GradientResult({self.values.shape[0]} inputs, {what}, {objective}, "
                 f"sites: {', '.join(list(self.grads)[:4])}{', ...' if len(self.grads) > 4 else ''})")

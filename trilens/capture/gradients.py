@@ -80,17 +80,21 @@ def gradients(
     step = batch_size or n
     if step < 1:
         raise InputError(f"batch_size must be at least 1, not {batch_size}.")
-    parts = [_one_pass(model, batch.rows(slice(i, min(n, i + step))), objective, names, embeddings, interventions,
-                       step_batch) for i in range(0, n, step)]
+    parts = []
+    for i in range(0, n, step):
+        rows = slice(i, min(n, i + step))
+        parts.append(_one_pass(model, batch.rows(rows), objective.for_rows(rows, n), names, embeddings, interventions,
+                               step_batch, rows if step < n else None))
     return _assemble(model, batch, objective, names, embeddings, parts, {
         "sites": names, "embeddings": embeddings, "step_batch": step_batch, "batch_size": batch_size,
         "interventions": [type(i).__name__ for i in interventions], **objective.describe()})
 
 
 def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str], embeddings: bool,
-              interventions: Sequence[Intervention], step_batch: int | None) -> dict[str, Any]:
+              interventions: Sequence[Intervention], step_batch: int | None, batch_rows: slice | None) -> dict[str, Any]:
+    """One forward pass and its backward passes over ``batch`` (rows ``batch_rows`` of the whole input)."""
     store: dict[str, torch.Tensor] = {}
-    hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks)))
+    hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks), rows=batch_rows))
     hooks += [(name, keep_hook(store, name)) for name in names]
     with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
             head_input(model) as head, model.hooks(hooks):
@@ -113,7 +117,10 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
             raise SiteError(f"{key} is not on the autograd path of the objective (it does not depend on the inputs).")
     chunks: list[int] = []
     if objective.per_step:
-        grads, chunks = _per_step(values, rows, head.get("x"), tensors, step_batch, batch)
+        x = head.get("x")
+        if x is not None and any(_depends_on(store[n], x) for n in names if model.site_index.site(n).layer is None):
+            x = None  # a site at or after the head's input (the logits): seed each step at the objective instead
+        grads, chunks = _per_step(values, rows, x, tensors, keys, step_batch, batch)
     else:
         grads = [g.unsqueeze(1) for g in _grad(values.sum(), tensors, keys)]  # a step axis of one
     return {"values": values.detach(), "valid": rows.valid if rows is not None else torch.ones_like(values, dtype=torch.bool),
@@ -130,12 +137,27 @@ def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **k
     return list(grads)
 
 
+def _depends_on(t: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``t`` is computed from ``x`` (``x`` itself excluded): a walk down ``t``'s autograd graph."""
+    if t is x:
+        return False
+    target, seen, todo = x.grad_fn, set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        if node is target:
+            return True
+        seen.add(node)
+        todo.extend(n for n, _ in node.next_functions)
+    return False
+
+
 def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, inputs: list[torch.Tensor],
-              step_batch: int | None, batch: Batch) -> tuple[list[torch.Tensor], list[int]]:
+              keys: list[str], step_batch: int | None, batch: Batch) -> tuple[list[torch.Tensor], list[int]]:
     """``[batch, step, ...]`` gradients of every step's objective, the steps' backward passes batched; and the
     number of steps each backward pass held."""
     n_rows, n_steps = values.shape
-    keys = [f"input {i}" for i in range(len(inputs))]
     if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks["decoder"].shape[1]):
         # every step's gradient at the head's input in one backward: step t lives on row p_t only
         (gx,) = torch.autograd.grad(values.sum(), x, retain_graph=True)

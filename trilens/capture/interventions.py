@@ -168,9 +168,10 @@ class _Ablate(Intervention):
             mean = torch.as_tensor(self.mean).to(x.device, x.dtype)
         elif mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):  # over real tokens only, not padding
             w = mask.to(x.device, x.dtype).view(*mask.shape, *[1] * (x.dim() - 2))
-            mean = (x * w).sum(dim=(0, 1)) / w.sum().clamp_min(1)
+            mean = ((x * w).sum(dim=(0, 1)) / w.sum().clamp_min(1)).detach()
         else:
-            mean = x.mean(dim=(0, 1))  # over batch and positions
+            mean = x.mean(dim=(0, 1)).detach()  # over batch and positions
+        # detached: a constant, so no gradient flows from one input's objective into another input through it
         picked = mean.index_select(dim - 2, units) if mean.dim() > dim - 2 else mean
         return x.index_copy(dim, units, torch.broadcast_to(picked, x.index_select(dim, units).shape).contiguous())
 

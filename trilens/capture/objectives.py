@@ -10,8 +10,10 @@ read from the logits at those rows only.
 
 from __future__ import annotations
 
+import inspect
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,6 +47,20 @@ class Objective:
         """The objective as JSON-ready data, for a result's provenance."""
         return {"objective": type(self).__name__}
 
+    def for_rows(self, rows: slice, n_rows: int) -> Objective:
+        """The objective for rows ``rows`` of ``n_rows`` inputs: settings given per input are cut to those rows."""
+        cut = {f.name: list(_listed(getattr(self, f.name)))[rows] for f in fields(self)
+               if _is_per_input(getattr(self, f.name), n_rows)}
+        return replace(self, **cut) if cut else self
+
+
+def _listed(value: Any) -> Any:
+    return value.tolist() if torch.is_tensor(value) else value
+
+
+def _is_per_input(value: Any, n_rows: int) -> bool:
+    return (isinstance(value, (list, tuple)) or torch.is_tensor(value) and value.dim() > 0) and len(value) == n_rows
+
 
 def _check_score(score: str) -> None:
     if score not in SCORES:
@@ -53,9 +69,13 @@ def _check_score(score: str) -> None:
 
 def token_id(model: Model, token: int | str) -> int:
     """One vocabulary id from an id or a token string (a string must be one token of the model's vocabulary)."""
-    if isinstance(token, bool) or not isinstance(token, (int, str)):
-        raise InputError(f"a target or foil token is an id or a string, not {type(token).__name__}.")
-    if isinstance(token, int):
+    if not isinstance(token, str):
+        try:
+            if isinstance(token, bool):
+                raise TypeError
+            token = operator.index(token)  # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            raise InputError(f"a target or foil token is an id or a string, not {type(token).__name__}.") from None
         if not 0 <= token < model.vocab_size:
             raise InputError(f"token id {token} is outside this model's vocabulary (0..{model.vocab_size - 1}).")
         return token
@@ -74,7 +94,7 @@ def token_id(model: Model, token: int | str) -> int:
 
 def _per_row(value: Any, n_rows: int, what: str) -> list[Any]:
     """``value`` for every row: a single value repeated, or a list with one value per row."""
-    if isinstance(value, (list, tuple)) or torch.is_tensor(value):
+    if isinstance(value, (list, tuple)) or torch.is_tensor(value) and value.dim() > 0:
         values = value.tolist() if torch.is_tensor(value) else list(value)
         if len(values) != n_rows:
             raise InputError(f"{len(values)} {what}s for {n_rows} inputs: give one {what}, or one per input.")
@@ -149,8 +169,10 @@ class TokenScore(Objective):
                                      "or pass position=.")
                 pos.append(int(hits[0]))
                 continue
-            if isinstance(p, bool) or not isinstance(p, int):
-                raise InputError(f"a position is an int (0 first, -1 last) or 'mask', not {p!r}.")
+            try:
+                p = operator.index(p)
+            except TypeError:
+                raise InputError(f"a position is an int (0 first, -1 last) or 'mask', not {p!r}.") from None
             rel = p + int(lengths[r]) if p < 0 else p
             if not 0 <= rel < int(lengths[r]):
                 raise InputError(f"position {p} does not exist in input {r}, which has {int(lengths[r])} tokens.")
@@ -221,17 +243,24 @@ class StepScores(Objective):
             tokens = batch.input_ids.cpu().gather(1, targets.clamp_max(mask.shape[1] - 1))
         foils = None
         if self.foil is not None:
-            foils = torch.tensor([[token_id(model, f) for f in (row if isinstance(row, (list, tuple)) else [row] * positions.shape[1])]
-                                  for row in _per_row(self.foil, n, "foil")])
-            if foils.shape != positions.shape:
-                raise InputError(f"per-step foils need one token per step ({positions.shape[1]}); got {foils.shape[1]}.")
+            steps = valid.sum(1).tolist()
+            foils = torch.zeros_like(positions)
+            for r, row in enumerate(_per_row(self.foil, n, "foil")):
+                row = _listed(row)
+                if isinstance(row, (list, tuple)):
+                    if len(row) != steps[r]:
+                        raise InputError(f"input {r} has {steps[r]} scored steps but {len(row)} per-step foils: give one "
+                                         "foil per step, or one foil for all of them.")
+                    foils[r, : len(row)] = torch.tensor([token_id(model, f) for f in row], dtype=torch.long)
+                else:
+                    foils[r] = token_id(model, row)
         return ScoredRows(positions, tokens, foils, valid)
 
 
 @dataclass
 class LogitFunction(Objective):
-    """Any function of the scored stack's logits ``[batch, position, vocab]`` (and the ``Batch``) -> one value per
-    input ``[batch]`` (or a scalar). Gradients are of the sum over inputs."""
+    """Any function of the scored stack's logits ``[batch, position, vocab]`` (and the ``Batch``, if it takes two
+    arguments) -> one value per input ``[batch]``. Gradients are of the sum over inputs."""
 
     fn: Callable[..., torch.Tensor]
     name: str = ""
@@ -240,16 +269,24 @@ class LogitFunction(Objective):
         return {"objective": "LogitFunction", "name": self.name or getattr(self.fn, "__name__", "function")}
 
     def values(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        try:
-            out = self.fn(logits, batch)
-        except TypeError:
-            out = self.fn(logits)
-        if not torch.is_tensor(out) or not (out.dim() == 0 or tuple(out.shape) == (logits.shape[0],)):
-            raise InputError(f"the objective function must return a scalar or one value per input ([{logits.shape[0]}]), "
-                             f"not {type(out).__name__} {tuple(getattr(out, 'shape', ()))}.")
+        out = self.fn(logits, batch) if _takes_two(self.fn) else self.fn(logits)
+        if not torch.is_tensor(out) or tuple(out.shape) != (logits.shape[0],):
+            raise InputError(f"the objective function must return one value per input ([{logits.shape[0]}], e.g. "
+                             f"logits[:, -1, token]; gradients are of their sum), not {type(out).__name__} "
+                             f"{tuple(getattr(out, 'shape', ()))}.")
         if not out.requires_grad:
             raise InputError("the objective function's value does not depend on the logits (no gradient flows).")
-        return out.reshape(-1) if out.dim() else out[None]
+        return out
+
+
+def _takes_two(fn: Callable) -> bool:
+    """Whether ``fn`` accepts (logits, batch) rather than (logits) alone."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def token_scores(logits: torch.Tensor, rows: ScoredRows, score: str) -> torch.Tensor:
