@@ -53,6 +53,13 @@ class Batch:
         )
 
 
+def token_strings(tokenizer: Any, ids: dict[str, torch.Tensor]) -> dict[str, list[list[str]]]:
+    """Per stack, each sequence's token strings (none without a tokenizer)."""
+    if tokenizer is None:
+        return {}
+    return {s: [tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()}
+
+
 def _is_pair(x: Any) -> bool:
     return isinstance(x, tuple) and len(x) == 2
 

@@ -9,6 +9,7 @@ import torch
 
 from ..atomic import read_saved
 from ..errors import InputError
+from ..inputs import token_strings
 from ..results import Result, group, register_result
 from ..sites import PATTERN_KINDS, Site
 from .cache import ActivationCache
@@ -80,7 +81,7 @@ class Generation(Result):
         if not decoder_only:
             masks["encoder"], ids["encoder"] = batch.attention_mask.cpu().bool(), batch.input_ids.cpu()
         tok = model.tokenizer
-        tokens = {s: [tok.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if tok else {}
+        tokens = token_strings(tok, ids)
         texts = tok.batch_decode(gen.masked_fill(~live, model.pad_token_id), skip_special_tokens=True) if tok else []
         cache = ActivationCache(acts, sites, stacks=model.stacks, masks=masks, tokens=tokens, ids=ids, info=info)
         logits = torch.stack(out.logits, dim=1).cpu() if getattr(out, "logits", None) else None

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, SiteError
-from ..inputs import Batch
+from ..inputs import Batch, token_strings
 from ..provenance import provenance
 from ..sites import Site
 from .grad_hooks import frozen_weights, head_input, input_embeddings, keep_hook
 from .gradient_result import EMBED_KIND, GradientResult, embed_key
 from .interventions import Intervention, RunState
 from .objectives import LogitFunction, Objective, ScoredRows, TokenScore, scored_stack, token_scores
-from .trace import intervention_hooks
+from .trace import intervention_hooks, require_fired
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -99,10 +99,7 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
     with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
             head_input(model) as head, model.hooks(hooks):
         logits = model.hf_model(**batch.forward_kwargs()).logits
-    missing = [n for n in names if n not in store]
-    if missing:
-        raise SiteError(f"site {missing[0]} did not fire in this forward pass: the bridge lists it, but this "
-                        f"{model.architecture} never calls it. Pick another site (model.sites()).")
+    require_fired(names, store)
     rows = None
     if isinstance(objective, LogitFunction):
         values = objective.values(logits, batch)[:, None]
@@ -226,9 +223,8 @@ def _assemble(model: Model, batch: Batch, objective: Objective, names: list[str]
     sites = {n: model.site_index.site(n) for n in names}
     sites.update({embed_key(s): Site(embed_key(s), s, None, EMBED_KIND) for s in model.stacks} if embeddings else {})
     ids = {s: t.cpu() for s, t in batch.ids.items()}
-    tok = model.tokenizer
-    tokens = {s: [tok.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if tok else {}
-    step_tokens = [tok.convert_ids_to_tokens(r) for r in scored["tokens"].clamp_min(0).tolist()] if tok and "tokens" in scored else None
+    tokens = token_strings(model.tokenizer, ids)
+    step_tokens = token_strings(model.tokenizer, {"s": scored["tokens"].clamp_min(0)})["s"] if tokens and "tokens" in scored else None
     return GradientResult(step_tokens=step_tokens, grads=grads, acts=acts, sites=sites, values=values, valid=valid, scored=scored,
                           per_step=objective.per_step, scored_stack=scored_stack(model), stacks=model.stacks,
                           masks={s: m.cpu() for s, m in batch.masks.items()}, ids=ids, tokens=tokens,

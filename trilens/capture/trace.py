@@ -13,7 +13,7 @@ import torch
 
 from ..devices import as_device, as_dtype
 from ..errors import InputError, SiteError
-from ..inputs import Batch
+from ..inputs import Batch, token_strings
 from ..provenance import provenance
 from ..sites import PATTERN_KINDS
 from .cache import ActivationCache
@@ -42,6 +42,14 @@ def capture_hook(
             store[name] = y
 
     return hook
+
+
+def require_fired(names: Sequence[str], store: dict[str, Any]) -> None:
+    """Every requested site fired in the run that just ended, or a ``SiteError`` naming the first that did not."""
+    unfired = [name for name in names if name not in store]
+    if unfired:
+        raise SiteError(f"site {unfired[0]} did not fire in this run: it lies outside the part of the model this "
+                        "input runs (e.g. the LM head when only the encoder runs).")
 
 
 def intervention_hooks(model: Model, interventions: Sequence[Intervention], state: RunState) -> list[tuple[str, Callable]]:
@@ -120,10 +128,7 @@ def trace(
         with torch.no_grad(), model.hooks(hooks):
             head = logits or any(model.site_index.site(n).layer is None for n in names)
             out = forward(model, sub, head=head)
-        unfired = [name for name in names if name not in store]
-        if unfired:
-            raise SiteError(f"site {unfired[0]} did not fire in this run: it lies outside the part of the model this "
-                            "input runs (e.g. the LM head when only the encoder runs).")
+        require_fired(names, store)
         chunks.append(store)
         if logits and getattr(out, "logits", None) is not None:
             lg = out.logits
@@ -135,7 +140,7 @@ def trace(
     for s, m in batch.masks.items():
         masks[s] = m.cpu() if index[s] is None else gather_positions(m.cpu(), index[s], 1)
         ids[s] = batch.ids[s].cpu() if index[s] is None else gather_positions(batch.ids[s].cpu(), index[s], 1)
-    strings = {s: [model.tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()} if tokens and model.tokenizer else {}
+    strings = token_strings(model.tokenizer, ids) if tokens else {}
     return ActivationCache(
         acts, {n: model.site_index.site(n) for n in names}, stacks=model.stacks, masks=masks, tokens=strings, ids=ids,
         positions={s: i for s, i in index.items() if i is not None},
