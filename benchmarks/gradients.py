@@ -7,20 +7,24 @@ for every step t (score = log-probability of the target token), all on the same 
 
   trilens     ``model.gradients(inputs, StepScores())``: one forward pass; every step's gradient at the LM head's input
               from one backward through the head; the steps' backward passes through the body batched
-              (``is_grads_batched``) in chunks of ``STEP_CHUNK_BYTES``
-  one-step    the same with ``step_batch=1``: each step's backward through the body on its own
+              (``is_grads_batched``) in chunks of about ``STEP_ROWS`` rows; elementwise activations backpropagate by
+              one multiplication with the derivative saved in the forward; encoder-decoders go back through the
+              decoder per chunk of steps and through the encoder for many steps at once
+  one-step    the same with ``step_batch=1``: each step's backward through the body on its own (no encoder split)
   loop        one forward, then a Python loop of one ``torch.autograd.grad`` per step from log p(y_t), through the LM head
   prefix      per step, a forward and a backward on the growing target prefix (what Inseq does; here the 8 inputs of a
               batch share each pass, where Inseq runs decoder-only targets one input at a time)
 
 Every method's gradients must equal the loop's to 1e-5. Ratios are against the loop, measured in the same run
-(interleaved rounds, median). A second table says where the time goes.
+(interleaved rounds, median). A second table says where the time goes, with trilens run again without each of its
+speed-ups (for the longest target).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager, nullcontext
 import statistics
 import time
 import warnings
@@ -118,6 +122,27 @@ def by_prefix(model, inputs, prompt: int, steps: int):
     return [torch.stack([pad(g[i], (0, 0, 0, w - g[i].shape[1])) for g in per_step], 1) for i, w in enumerate(widths)]
 
 
+@contextmanager
+def without(feature: str):
+    """trilens with one of its speed-ups switched off: ``linearized`` activations or the ``encoder split``."""
+    from trilens.capture import gradients as module
+
+    name = {"linearized": "linearized_activations", "encoder split": "split_encoder"}[feature]
+    original = getattr(module, name)
+    replacement = (lambda model, active=True: original(model, False)) if name == "split_encoder" else \
+        (lambda model: nullcontext())
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def ablated(model, inputs, prompt: int, steps: int, feature: str):
+    with without(feature):
+        return by_trilens(model, inputs, prompt, steps)
+
+
 def median_times(fns: dict, rounds: int) -> tuple[dict[str, float], dict]:
     times: dict[str, list[float]] = {k: [] for k in fns}
     results = {}
@@ -172,16 +197,20 @@ def main() -> None:
                       flush=True)
                 if wanted == lengths[-1]:
                     fwd = statistics.median(time_forward(model, inputs, prompt) for _ in range(3))
-                    where.append((batch, steps, fwd, t))
+                    features = ["linearized"] + (["encoder split"] if model.family == "encoder-decoder" else [])
+                    off, _ = median_times({"trilens": fns["trilens"], **{
+                        f: (lambda f=f: ablated(model, inputs, prompt, steps, f)) for f in features}}, min(rounds, 3))
+                    where.append((batch, steps, fwd, t, off))
         print("where the time goes (longest target): the forward pass with a graph, then per step: the body's backward "
               "batched (trilens) or one at a time (one-step), and the extra cost of going through the LM head each step (loop)")
-        for batch, steps, fwd, t in where:
+        for batch, steps, fwd, t, off in where:
             per_trilens = (t["trilens"] - fwd) / steps
             per_one = (t["one-step"] - fwd) / steps
             head = (t["loop"] - t["one-step"]) / steps
             print(f"  batch {batch}, {steps} steps: forward {fwd:.3f} s ({fwd / t['trilens']:.0%} of trilens); per step: "
                   f"body backward {per_trilens * 1e3:.1f} ms batched vs {per_one * 1e3:.1f} ms alone; LM head backward "
-                  f"+{head * 1e3:.1f} ms in the loop; prefix re-run {t['prefix'] / steps * 1e3:.1f} ms")
+                  f"+{head * 1e3:.1f} ms in the loop; prefix re-run {t['prefix'] / steps * 1e3:.1f} ms; "
+                  + "; ".join(f"without {f}: {off[f] / off['trilens']:.2f}x trilens's time" for f in off if f != "trilens"))
 
 
 if __name__ == "__main__":

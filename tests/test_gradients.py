@@ -1,13 +1,15 @@
 """Gradients at any site: equal to plain autograd on the HF model, per-step gradients batched = looped = re-run per
 prefix, contrastive = difference, and the model left exactly as it was (weights, flags, hooks), also after errors."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
-
-import trilens
 from conftest import ARCHS
 from hook_state import model_state
 from tiny import reference
+
+import trilens
 from trilens import LogitFunction, StepScores, TokenScore
 from trilens.errors import InputError, SiteError
 
@@ -152,6 +154,29 @@ def test_per_step_gradients_batched_equal_a_loop_and_single_objectives(name, tin
     assert checked == int(batched.valid.sum()) and not bool(batched.values[~batched.valid].any())
 
 
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "bart", "marian"])
+def test_linearized_activations_give_the_same_per_step_gradients(name, tiny, monkeypatch):
+    """Per-step runs backpropagate through GELU/SiLU by one multiplication with the derivative saved in the forward
+    (grad_hooks.linearized_activations); gradients at the embeddings and around the activation stay the same."""
+    from trilens.capture import gradients as gradients_module
+    from trilens.capture.grad_hooks import linearized_activations
+
+    model = tiny(name)
+    with linearized_activations(model) as changed:
+        assert changed >= 2  # one activation per layer at least
+    inputs = PAIRS if model.family == "encoder-decoder" else TEXTS
+    sites = ["mlp_pre", "mlp_post", "resid_post"]
+    fast = model.gradients(inputs, StepScores(), sites=sites)
+    monkeypatch.setattr(gradients_module, "linearized_activations", lambda m: nullcontext())
+    plain = model.gradients(inputs, StepScores(), sites=sites)
+    assert set(fast.grads) == set(plain.grads) and len(fast.grads) > len(sites)
+    for key in plain.grads:
+        assert plain.grads[key].abs().max() > 0
+        torch.testing.assert_close(fast.grads[key], plain.grads[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fast.acts[key], plain.acts[key], atol=0, rtol=0)
+    torch.testing.assert_close(fast.values, plain.values, atol=0, rtol=0)
+
+
 def test_per_step_gradients_equal_rerunning_each_prefix(tiny):
     """What Inseq does (one forward and backward per step on the growing prefix) gives the same gradients."""
     model = tiny("gpt2")
@@ -235,6 +260,12 @@ def test_model_is_left_as_it_was_also_after_errors(name, tiny):
     with pytest.raises(RuntimeError, match="inside a hook"):
         model.gradients(inputs, sites="resid_post", interventions=[trilens.Hook(model.sites(kind="resid_post")[0], boom)])
     assert model_state(model) == before
+    if model.family != "encoder":  # per-step runs also linearize the activations for the forward pass
+        model.gradients(inputs, StepScores(), sites="mlp_post")
+        assert model_state(model) == before
+        with pytest.raises(RuntimeError, match="inside a hook"):
+            model.gradients(inputs, StepScores(), interventions=[trilens.Hook(model.sites(kind="resid_post")[-1], boom)])
+        assert model_state(model) == before
     with pytest.raises(RuntimeError, match="objective"):
         model.gradients(inputs, LogitFunction(lambda logits: (_ for _ in ()).throw(RuntimeError("in the objective"))))
     assert model_state(model) == before

@@ -94,6 +94,71 @@ def head_input(model: Model) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
+# Elementwise activation modules (HF's ``ACT2FN`` classes and torch's), minus those whose backward is already one
+# cheap operation (ReLU-like) or nothing (identity).
+_PIECEWISE_LINEAR = ("ReLU", "ReLU6", "LeakyReLU", "LinearActivation", "Identity")
+
+
+def _is_elementwise_activation(module: torch.nn.Module) -> bool:
+    from transformers.activations import ACT2CLS
+
+    classes = {c[0] if isinstance(c, tuple) else c for c in ACT2CLS.values()}
+    return type(module) in classes and type(module).__name__ not in _PIECEWISE_LINEAR
+
+
+@contextmanager
+def linearized_activations(model: Model) -> Iterator[int]:
+    """Elementwise activations (GELU, SiLU, ...) keep their output but backpropagate by one multiplication with their
+    derivative, computed once in the forward pass: ``y + (x - x.detach()) * f'(x)`` has value ``y`` and gradient
+    ``f'(x) * g`` exactly, where the activation's own backward recomputes ``f'`` from about a dozen elementwise
+    operations at every backward pass. For many backward passes over one forward (per-step gradients) this is
+    1.3-1.5x faster on GELU models. Yields the number of activation modules changed."""
+    modules = [m for m in model.hf_model.modules() if _is_elementwise_activation(m)]
+
+    def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        x = args[0] if args else None
+        if not torch.is_tensor(x) or not x.requires_grad or not torch.is_grad_enabled() or x.shape != out.shape:
+            return None
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            (slope,) = torch.autograd.grad(module.forward(leaf), leaf, torch.ones_like(out))
+        return out.detach() + (x - x.detach()) * slope
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield len(modules)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def split_encoder(model: Model, active: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``{"out": E, "leaf": E'}``, filled during the forward of an encoder-decoder: the decoder reads ``E'``, a
+    copy of the encoder's output that is a leaf of its own, so a backward pass from the decoder's outputs stops there
+    and the encoder's backward (from ``E``) can run later, for many objectives at once."""
+    box: dict[str, torch.Tensor] = {}
+    if not active or model.family != "encoder-decoder":
+        yield box
+        return
+
+    def hook(module: torch.nn.Module, args: Any, out: Any) -> Any:
+        hidden = out[0]
+        if not torch.is_tensor(hidden) or not hidden.requires_grad or "out" in box:
+            return None
+        box["out"], box["leaf"] = hidden, hidden.detach().requires_grad_()
+        if isinstance(out, tuple):
+            return (box["leaf"], *out[1:])
+        out["last_hidden_state"] = box["leaf"]
+        return out
+
+    handle = model.hf_model.get_encoder().register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
 def keep_hook(store: dict[str, torch.Tensor], name: str) -> Callable:
     """A hook that keeps the activation itself (in the graph, not a copy): its gradient is the true derivative only
     if it is the tensor the model goes on to use."""

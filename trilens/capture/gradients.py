@@ -9,12 +9,16 @@ probabilities themselves (the tensor multiplied with the values), so pattern gra
 Per-step objectives (one per teacher-forced target token) share one forward pass. Step t's objective depends only on
 row p_t of the LM head's input X, so one backward through the head gives every step's gradient at X; the steps'
 backward passes through the body then run batched (``torch.autograd.grad(..., is_grads_batched=True)``), a chunk of
-steps at a time (``STEP_ROWS``).
+steps at a time (``STEP_ROWS``). Two more things make those many backward passes cheaper (benchmarks/gradients.py):
+elementwise activations backpropagate by one multiplication with their saved derivative (``linearized_activations``),
+and an encoder-decoder's steps go back through the decoder to the encoder's output per chunk, then through the
+encoder for many steps at once (``split_encoder``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,10 +27,24 @@ from ..errors import InputError, SiteError
 from ..inputs import Batch, token_strings
 from ..provenance import provenance
 from ..sites import Site
-from .grad_hooks import frozen_weights, head_input, input_embeddings, keep_hook
+from .grad_hooks import (
+    frozen_weights,
+    head_input,
+    input_embeddings,
+    keep_hook,
+    linearized_activations,
+    split_encoder,
+)
 from .gradient_result import EMBED_KIND, GradientResult, embed_key
 from .interventions import Intervention, RunState
-from .objectives import LogitFunction, Objective, ScoredRows, TokenScore, scored_stack, token_scores
+from .objectives import (
+    LogitFunction,
+    Objective,
+    ScoredRows,
+    TokenScore,
+    scored_stack,
+    token_scores,
+)
 from .trace import intervention_hooks, require_fired
 
 if TYPE_CHECKING:
@@ -97,7 +115,8 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
     hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks), rows=batch_rows))
     hooks += [(name, keep_hook(store, name)) for name in names]
     with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
-            head_input(model) as head, model.hooks(hooks):
+            head_input(model) as head, model.hooks(hooks), split_encoder(model, objective.per_step and step_batch != 1) as encoder, \
+            linearized_activations(model) if objective.per_step else nullcontext():
         logits = model.hf_model(**batch.forward_kwargs()).logits
     require_fired(names, store)
     rows = None
@@ -117,7 +136,7 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
         x = head.get("x")
         if x is not None and any(_depends_on(store[n], x) for n in names if model.site_index.site(n).layer is None):
             x = None  # a site at or after the head's input (the logits): seed each step at the objective instead
-        grads, chunks = _per_step(values, rows, x, tensors, keys, step_batch, batch)
+        grads, chunks = _per_step(values, rows, x, tensors, keys, step_batch, batch, encoder)
     else:
         grads = [g.unsqueeze(1) for g in _grad(values.sum(), tensors, keys)]  # a step axis of one
     return {"values": values.detach(), "valid": rows.valid if rows is not None else torch.ones_like(values, dtype=torch.bool),
@@ -126,12 +145,15 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
 
 
 def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **kw: Any) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(output, inputs, allow_unused=True, **kw)
+    return _require_grads(list(torch.autograd.grad(output, inputs, allow_unused=True, **kw)), keys)
+
+
+def _require_grads(grads: list[torch.Tensor | None], keys: list[str]) -> list[torch.Tensor]:
     for key, g in zip(keys, grads):
         if g is None:
             raise SiteError(f"no gradient reaches {key}: the bridge fires this hook on a copy the model does not use, "
                             "or it lies after the objective. Pick another site.")
-    return list(grads)
+    return grads
 
 
 def _depends_on(t: torch.Tensor, x: torch.Tensor) -> bool:
@@ -151,9 +173,15 @@ def _depends_on(t: torch.Tensor, x: torch.Tensor) -> bool:
 
 
 def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, inputs: list[torch.Tensor],
-              keys: list[str], step_batch: int | None, batch: Batch) -> tuple[list[torch.Tensor], list[int]]:
+              keys: list[str], step_batch: int | None, batch: Batch,
+              encoder: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
     """``[batch, step, ...]`` gradients of every step's objective, the steps' backward passes batched; and the
-    number of steps each backward pass held."""
+    number of steps each backward pass held.
+
+    Encoder-decoders run in two phases (``split_encoder``): each chunk of steps goes back through the decoder to the
+    encoder's output only, then the encoder's backward runs for many steps at once (its products are short: the
+    source's positions only). Each input's gradient is the sum of its paths through the decoder and through the
+    encoder's output."""
     n_rows, n_steps = values.shape
     if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks["decoder"].shape[1]):
         # every step's gradient at the head's input in one backward: step t lives on row p_t only
@@ -161,18 +189,43 @@ def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, in
         source, positions = x, rows.positions.to(x.device)
     else:  # no separable head: seed each step at the objective itself
         gx, source, positions = None, values, None
-    chunk = _chunk_size(step_batch, batch, source, n_steps)
-    parts: list[list[torch.Tensor]] = []
+    split = "leaf" in encoder
+    chunk = _chunk_size(step_batch, batch, source, n_steps, stacks=("decoder",) if split else None)
+    targets = inputs + [encoder["leaf"]] if split else inputs
+    found: list[list[torch.Tensor | None]] = []  # per chunk, per target
     for start in range(0, n_steps, chunk):
         cols = torch.arange(start, min(n_steps, start + chunk), device=values.device)
         seed = _seeds(source, gx, positions, rows.valid.to(values.device), cols)
-        last = start + chunk >= n_steps
-        if len(cols) == 1:
-            got = [g.unsqueeze(0) for g in _grad(source, inputs, keys, grad_outputs=seed[0], retain_graph=not last)]
-        else:
-            got = _grad(source, inputs, keys, grad_outputs=seed, retain_graph=not last, is_grads_batched=True)
-        parts.append(got)
-    return [torch.cat([p[i] for p in parts]).movedim(0, 1) for i in range(len(inputs))], [len(p[0]) for p in parts]
+        found.append(_batched_grad(source, targets, seed, retain=split or start + chunk < n_steps))
+    sizes = [min(chunk, n_steps - i) for i in range(0, n_steps, chunk)]
+    grads = [_join([f[i] for f in found], sizes, t) for i, t in enumerate(inputs)]
+    at_encoder = _join([f[-1] for f in found], sizes, encoder["leaf"]) if split else None
+    if at_encoder is not None:  # the paths through the encoder's output, for enc_chunk steps at a time
+        enc_chunk = _chunk_size(step_batch, batch, encoder["out"], n_steps, stacks=("encoder",))
+        starts = range(0, n_steps, enc_chunk)
+        found = [_batched_grad(encoder["out"], inputs, at_encoder[i:i + enc_chunk], retain=i + enc_chunk < n_steps)
+                 for i in starts]
+        through = [_join([f[i] for f in found], [min(enc_chunk, n_steps - j) for j in starts], t)
+                   for i, t in enumerate(inputs)]
+        grads = [g if e is None else e if g is None else g + e for g, e in zip(grads, through)]
+    return [g.movedim(0, 1) for g in _require_grads(grads, keys)], sizes
+
+
+def _join(parts: list[torch.Tensor | None], sizes: list[int], like: torch.Tensor) -> torch.Tensor | None:
+    """One ``[steps, *like.shape]`` tensor from per-chunk gradients (``None``: no path, zeros); ``None`` if none."""
+    if all(p is None for p in parts):
+        return None
+    return torch.cat([like.new_zeros((k, *like.shape)) if p is None else p for p, k in zip(parts, sizes)])
+
+
+def _batched_grad(output: torch.Tensor, inputs: list[torch.Tensor], seed: torch.Tensor,
+                  retain: bool) -> list[torch.Tensor | None]:
+    """The gradients at ``inputs`` of ``output`` for each of ``seed``'s leading rows (``None`` where none reaches)."""
+    if len(seed) == 1:
+        got = torch.autograd.grad(output, inputs, grad_outputs=seed[0], retain_graph=retain, allow_unused=True)
+        return [None if g is None else g.unsqueeze(0) for g in got]
+    return list(torch.autograd.grad(output, inputs, grad_outputs=seed, retain_graph=retain, is_grads_batched=True,
+                                    allow_unused=True))
 
 
 def _seeds(source: torch.Tensor, gx: torch.Tensor | None, positions: torch.Tensor | None, valid: torch.Tensor,
@@ -191,11 +244,13 @@ def _seeds(source: torch.Tensor, gx: torch.Tensor | None, positions: torch.Tenso
     return seed
 
 
-def _chunk_size(step_batch: int | None, batch: Batch, source: torch.Tensor, n_steps: int) -> int:
-    """Steps per batched backward: ``step_batch``, or about ``STEP_ROWS`` rows per chunk (see there)."""
+def _chunk_size(step_batch: int | None, batch: Batch, source: torch.Tensor, n_steps: int,
+                stacks: Sequence[str] | None = None) -> int:
+    """Steps per batched backward: ``step_batch``, or about ``STEP_ROWS`` rows per chunk (see there), counting the
+    token positions of ``stacks`` (default: every stack) over all inputs."""
     if step_batch is not None:
         return min(step_batch, n_steps)
-    rows = sum(int(m.numel()) for m in batch.masks.values())  # token positions of every stack, all inputs
+    rows = sum(int(m.numel()) for s, m in batch.masks.items() if stacks is None or s in stacks)
     size = 1 << max(0, (STEP_ROWS // max(rows, 1)).bit_length() - 1)  # a power of two
     largest = STEP_MEMORY_BUDGET // max(16 * source.numel() * source.element_size(), 1)
     return max(1, min(n_steps, size, largest))
