@@ -23,7 +23,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m trilens.demo
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -p no:cacheprovider
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"

@@ -71,7 +71,7 @@ def test_help_lists_every_subcommand(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["info", "capture", "lens", "probe", "study"]
+    assert names == ["info", "capture", "lens", "probe", "study", "app"]
     for name in names:
         assert f"    {name} " in out
 
@@ -86,9 +86,10 @@ def test_every_subcommand_answers_bad_input_with_one_line_and_exit_2(tiny_path, 
         "lens": ["lens", "decoder", gpt, "x y"],
         "probe": ["probe", gpt, "--data", str(data), "--label", "truth"],
         "study": ["study", "run", "no_such_study", "--out", str(tmp_path / "o")],
+        "app": ["app", str(tmp_path / "no-model")],
     }
     expected = {"info": "does not exist|not a local directory", "capture": "does not exist", "lens": "encoder-decoder",
-                "probe": "no field 'truth'", "study": "no study named"}
+                "probe": "no field 'truth'", "study": "no study named", "app": "does not exist"}
     import re
 
     for name, argv in bad.items():
@@ -96,3 +97,8 @@ def test_every_subcommand_answers_bad_input_with_one_line_and_exit_2(tiny_path, 
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trilens: error:")]
         assert len(err) == 1 and re.search(expected[name], err[0]), (name, err)
     assert main(["lens", "logit", t5, "x y"]) == 2
+    capsys.readouterr()
+    for argv, message in ((["app", "zoo:nothing"], "there is no zoo:nothing"), (["app", str(data)], "is a file"),
+                          (["app", gpt, "--port", "0"], "--port must be")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err

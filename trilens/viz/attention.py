@@ -20,14 +20,18 @@ def attention_pattern(
     title: str = "",
     query_title: str = "query (attends from)",
     key_title: str = "key (attends to)",
+    difference: bool = False,
 ) -> Any:
-    """Heatmap of one attention pattern ``[query, key]`` (one head, or a mean over heads), rows = queries."""
+    """Heatmap of one attention pattern ``[query, key]`` (one head, or a mean over heads), rows = queries;
+    ``difference=True`` for a difference of two patterns (a diverging scale centred on 0)."""
     import plotly.graph_objects as go
 
     z = as_array(pattern, 2, "an attention pattern")
     q, k = token_labels(query_tokens, z.shape[0], "query"), token_labels(key_tokens, z.shape[1], "key")
-    fig = go.Figure(go.Heatmap(z=z, x=k, y=q, colorscale="Blues", zmin=0.0, colorbar={"title": "weight"},
-                               hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
+    scale = {"colorscale": "RdBu", "zmid": 0.0} if difference else {"colorscale": "Blues", "zmin": 0.0}
+    name = "difference" if difference else "weight"
+    fig = go.Figure(go.Heatmap(z=z, x=k, y=q, colorbar={"title": name}, **scale,
+                               hovertemplate="query %{y}<br>key %{x}<br>" + name + " %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")  # first query on top, as the sequence reads
     return layout(fig, title=title, x_title=key_title, y_title=query_title)
 

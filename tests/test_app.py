@@ -1,0 +1,162 @@
+"""The app in Streamlit's own test harness (AppTest): every tab for a model of each family, widget changes, the
+plotted arrays, and bad inputs shown as messages, never as exceptions."""
+
+import base64
+
+import numpy as np
+import plotly.io as pio
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import trilens
+from trilens.app import APP_SCRIPT
+from trilens.app.attention_data import attention_maps
+from trilens.app.inputs import prepare
+from trilens.app.state import DEFAULT_INPUTS, LOCAL
+
+TABS = ("Tokens & prediction", "Attention", "Lens", "Decoder lens", "Probes", "Compare")
+TIMEOUT = 180
+
+
+def start(monkeypatch, first_model: str, **state) -> AppTest:
+    monkeypatch.setenv("TRILENS_APP_MODEL", first_model)
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def array(values) -> np.ndarray:
+    """A plotly array from a chart's JSON: a plain list, or a typed array (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(values, dict) and "bdata" in values:
+        shape = [int(n) for n in str(values.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"])).reshape(shape)
+    return np.asarray(values, dtype=np.float64)
+
+
+def chart(at: AppTest, key: str):
+    for el in at.get("plotly_chart"):
+        if key in el.proto.id:
+            return pio.from_json(el.proto.spec)
+    raise AssertionError(f"no chart {key}; the page has {[e.proto.id for e in at.get('plotly_chart')]}")
+
+
+def messages(at: AppTest) -> str:
+    return " ".join(e.value for e in [*at.warning, *at.error, *at.info])
+
+
+@pytest.mark.parametrize("model", ["zoo:gpt", "zoo:bert", "zoo:t5"])
+@pytest.mark.parametrize("tab", TABS)
+def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
+    at = start(monkeypatch, model, tab=tab)
+    family = trilens.load(model).family
+    assert not at.error, messages(at)
+    if tab == "Tokens & prediction":
+        assert at.dataframe and "prediction" in " ".join(m.value for m in at.markdown)
+    elif tab == "Attention":
+        assert {"attention-grid", "attention-pattern", "attention-focus"} <= {k for k in _chart_ids(at)}
+    elif tab == "Lens":
+        assert "lens-heatmap" in _chart_ids(at)
+    elif tab == "Decoder lens":
+        if family == "encoder-decoder":
+            assert "decoder-lens-curves" in _chart_ids(at) and at.dataframe
+        else:
+            assert "decoder lens runs an encoder-decoder" in messages(at)
+    elif tab == "Probes":
+        assert "saved probe result" in messages(at)
+    else:
+        assert "second input" in messages(at)
+
+
+def _chart_ids(at: AppTest) -> set[str]:
+    return {key for el in at.get("plotly_chart") for key in [el.proto.id] for key in
+            [k for k in ("attention-grid", "attention-pattern", "attention-focus", "lens-heatmap", "lens-rank",
+                         "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention") if k in key]}
+
+
+@pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
+def test_attention_views_layers_and_heads_plot_the_models_patterns(monkeypatch, model):
+    at = start(monkeypatch, model, tab="Attention")
+    loaded = trilens.load(model)
+    maps = attention_maps(loaded, prepare(loaded, DEFAULT_INPUTS[model]))
+    for view in maps.views:
+        at.radio(key="view").set_value(view).run()
+        at.selectbox(key="layer").set_value(1).run()
+        at.selectbox(key="head").set_value(2).run()
+        assert not at.exception
+        pattern = chart(at, "attention-pattern")
+        np.testing.assert_allclose(array(pattern.data[0].z), maps.patterns[view][1, 2], atol=1e-6)
+        assert [y.split(":", 1)[1] for y in pattern.data[0].y] == maps.query_tokens[view]
+        assert [x.split(":", 1)[1] for x in pattern.data[0].x] == maps.key_tokens[view]
+        statistic = at.selectbox(key="statistic")
+        for option in statistic.options:
+            statistic.set_value(option).run()
+            grid = array(chart(at, "attention-grid").data[0].z)
+            np.testing.assert_allclose(grid, maps.summary(view, option), atol=1e-6)
+        at.selectbox(key="focus").set_value(len(maps.query_tokens[view]) - 1).run()
+        rows = array(chart(at, "attention-focus").data[0].z)
+        np.testing.assert_allclose(rows, maps.patterns[view][1, :, -1], atol=1e-6)
+    assert [r for r in at.radio(key="view").options] == [
+        {"encoder": "encoder self-attention", "decoder": "decoder self-attention", "cross": "cross-attention"}[v]
+        for v in maps.views]
+
+
+def test_lens_statistics_switch_and_the_heatmap_holds_the_top_tokens(monkeypatch):
+    at = start(monkeypatch, "zoo:gpt", tab="Lens")
+    heat = chart(at, "lens-heatmap")
+    assert heat.data[0].text[-1][-1] == "T"  # the last layer's top-1 at "=" is the answer
+    for option in at.selectbox(key="lens_statistic").options:
+        at.selectbox(key="lens_statistic").set_value(option).run()
+        assert not at.exception
+    assert "lens-rank" in _chart_ids(at)
+    at.radio(key="lens").set_value("tuned").run()
+    assert "Give the folder of a tuned lens" in messages(at)
+    at.text_input(key="tuned").input("/no/such/lens").run()
+    assert "not a folder" in messages(at) and not at.exception
+
+
+def test_a_new_shorter_input_resets_indices_that_no_longer_exist(monkeypatch):
+    at = start(monkeypatch, "zoo:gpt", tab="Attention")
+    at.selectbox(key="focus").set_value(6).run()
+    at.text_area(key="text").input("not T =")
+    at.button[0].click().run()  # the sidebar form's submit button
+    assert not at.exception
+    assert at.selectbox(key="focus").value == 0
+
+
+def test_bad_inputs_give_messages_not_exceptions(monkeypatch, tmp_path):
+    at = start(monkeypatch, "zoo:gpt", tab="Attention")
+    at.text_area(key="text").input("   ")
+    at.button[0].click().run()
+    assert not at.exception and "empty" in messages(at)
+    at.text_area(key="text").input(" ".join(["T"] * 300))
+    at.button[0].click().run()
+    assert not at.exception and "longer than this model's context of 64" in messages(at)
+    for folder, expected in ((tmp_path / "missing", "cannot be loaded"), (tmp_path, "cannot be loaded")):
+        at = start(monkeypatch, "zoo:gpt", model=LOCAL, folder=str(folder))
+        assert not at.exception and expected in messages(at), messages(at)
+    (tmp_path / "weights.bin").write_bytes(b"not a model")
+    at = start(monkeypatch, "zoo:gpt", model=LOCAL, folder=str(tmp_path / "weights.bin"))
+    assert not at.exception and "cannot be loaded" in messages(at)
+
+
+def test_compare_shows_differences_of_two_inputs(monkeypatch):
+    at = start(monkeypatch, "zoo:gpt", tab="Compare")
+    at.text_input(key="compare_text").input("not ( F and F ) =")
+    at.button(key="FormSubmitter:compare-form-Compare").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    lens = chart(at, "compare-lens")
+    delta = array(lens.data[0].z)
+    assert delta.shape[1] == 7
+    assert np.abs(delta[0, :2]).max() == 0  # "not (" is shared: same embeddings
+    assert "compare-attention" in _chart_ids(at)
+
+
+def test_switching_model_loads_its_example(monkeypatch):
+    at = start(monkeypatch, "zoo:gpt")
+    at.selectbox(key="model").set_value("zoo:t5").run()
+    assert not at.exception
+    assert at.text_area(key="text").value == DEFAULT_INPUTS["zoo:t5"].text
+    assert at.text_area(key="target").value == DEFAULT_INPUTS["zoo:t5"].target

@@ -1,0 +1,1 @@
+"""One module per view of the page; each draws into the container it is given and reruns alone (a fragment)."""

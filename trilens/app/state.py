@@ -1,0 +1,117 @@
+"""Everything the page keeps between reruns: loaded models (at most two, each with a lock), per-input results as
+small cached arrays keyed on (model, input, settings), and per-panel timings for the debug view.
+
+Only this module (and the panels) import Streamlit; the compute modules stay plain functions.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import streamlit as st
+
+import trilens
+from trilens import Model
+
+from .attention_data import AttentionMaps, attention_maps
+from .inputs import AppInput, Prepared, prepare
+from .lens_data import LensView, lens_view, load_tuned
+from .prediction import Prediction, predict
+
+ZOO_MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5", "zoo:minilm")
+LOCAL = "a local model folder…"
+DEFAULT_INPUTS = {  # what each zoo model was trained on (trilens.zoo.tasks), so the first page shows real behaviour
+    "zoo:gpt": AppInput("not ( T and F ) ="),
+    "zoo:bert": AppInput("not ( T and F ) = [MASK]"),
+    "zoo:t5": AppInput("f c e h b a >", "a b h e c f"),
+    "zoo:minilm": AppInput("The cat sat on the mat because it was tired."),
+}
+FALLBACK_INPUT = AppInput("The quick brown fox jumps over the lazy dog.")
+T = TypeVar("T")
+
+
+@dataclass
+class Loaded:
+    """A model and the lock that keeps two browser tabs from running hooks on it at once."""
+
+    model: Model
+    lock: threading.RLock
+
+
+def _release(loaded: Loaded) -> None:
+    del loaded.model
+    gc.collect()
+
+
+@st.cache_resource(max_entries=2, show_spinner=False, on_release=_release)
+def load_model(source: str) -> Loaded:
+    """``trilens.load(source)``, kept for every session (at most two models at once)."""
+    return Loaded(trilens.load(source), threading.RLock())
+
+
+def default_input(source: str) -> AppInput:
+    return DEFAULT_INPUTS.get(source, FALLBACK_INPUT)
+
+
+@contextmanager
+def timed(what: str):
+    """Record how long ``what`` took for the debug view."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        st.session_state.setdefault("timings", {})[what] = time.perf_counter() - start
+
+
+def _run(source: str, fn: Callable[[Model], T]) -> T:
+    loaded = load_model(source)
+    with loaded.lock:
+        return fn(loaded.model)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def prepared(source: str, text: str, target: str) -> Prepared:
+    return _run(source, lambda m: prepare(m, AppInput(text, target)))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def attention(source: str, text: str, target: str) -> AttentionMaps:
+    prep = prepared(source, text, target)
+    return _run(source, lambda m: attention_maps(m, prep))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def lens(source: str, text: str, target: str, tuned_path: str = "") -> LensView:
+    prep = prepared(source, text, target)
+    return _run(source, lambda m: lens_view(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def prediction(source: str, text: str, target: str) -> Prediction:
+    prep = prepared(source, text, target)
+    return _run(source, lambda m: predict(m, prep))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def decoder_lens(source: str, text: str, reference: str) -> Any:
+    from ..lens import decoder_lens as run
+
+    def go(m: Model) -> Any:
+        generated = run(m, [text], references=[reference])
+        teacher = run(m, [text], references=[reference], mode="teacher")
+        return generated, teacher
+
+    return _run(source, go)
+
+
+def choose(key: str, options: list[T], default: T | None = None) -> None:
+    """Before a widget with ``key`` is drawn: a remembered (or URL) value that this input no longer has goes back to
+    ``default`` (a new, shorter input leaves old layer, head or token indices out of range)."""
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = default if default is not None else options[0]
