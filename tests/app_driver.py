@@ -19,20 +19,15 @@ CHROMIUM = os.environ.get("TRILENS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 IDLE = "[data-test-script-state='notRunning']"
 
-# Counts finished script runs (running -> notRunning) so a test can wait for the rerun its own click started.
-WATCH_RUNS = """() => {
-  if (window.__trilensRuns !== undefined) return;
-  window.__trilensRuns = 0;
-  let running = false;
-  const check = () => {
-    const el = document.querySelector('[data-test-script-state]');
-    const state = el && el.getAttribute('data-test-script-state');
-    if (state === 'running') running = true;
-    else if (running && state === 'notRunning') { running = false; window.__trilensRuns += 1; }
-  };
-  new MutationObserver(check).observe(document.body, {attributes: true, subtree: true, childList: true,
-                                                       attributeFilter: ['data-test-script-state']});
-}"""
+# Remembers when the page last changed (any element, attribute or text under the app), so the time of an interaction
+# is the time until its last change: a rerun too quick to show the "running" state is timed as well.
+WATCH_CHANGES = """(() => {
+  if (window.__lastChange !== undefined) return;
+  window.__lastChange = performance.now();
+  new MutationObserver(() => { window.__lastChange = performance.now(); })
+    .observe(document, {attributes: true, childList: true, subtree: true, characterData: true});
+})();"""
+QUIET_MS = 400  # no change for this long after the last one: the interaction is over
 
 
 def browser_available() -> str | None:
@@ -105,32 +100,55 @@ def chromium():
             browser.close()
 
 
-def open_page(browser, url: str, timeout_ms: int = 180_000):
-    """A page at ``url`` after its first script run has finished; console errors are collected in ``page.errors``."""
+def open_page(browser, url: str, timeout_ms: int = 180_000, ready: str = "[data-testid='stMainBlockContainer'] "
+              "[data-testid='stElementContainer']"):
+    """A page at ``url`` after its first script run has drawn ``ready`` and finished; console errors are collected
+    in ``page.errors``."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.errors = []
     page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda err: page.errors.append(str(err)))
+    page.add_init_script(WATCH_CHANGES)  # from the first byte of the document on
     page.goto(url)
     page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_selector(ready, timeout=timeout_ms)
     page.wait_for_selector(IDLE, timeout=timeout_ms)
-    page.evaluate(WATCH_RUNS)
+    quiet(page, 0, timeout_ms)
     return page
 
 
-def runs(page) -> int:
-    return page.evaluate("() => window.__trilensRuns")
+def quiet(page, since: float, timeout_ms: int = 120_000) -> None:
+    """Wait until the page changed after ``since`` (ms, page clock), then stayed quiet for ``QUIET_MS``, with the
+    script not running."""
+    page.wait_for_function(
+        f"() => window.__lastChange > {since} && performance.now() - window.__lastChange > {QUIET_MS} && "
+        "document.querySelector('[data-test-script-state]').getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=timeout_ms, polling=50)
 
 
-def wait_rerun(page, before: int, timeout_ms: int = 120_000) -> None:
-    """Wait until a script run that started after ``runs(page) == before`` has finished."""
-    page.wait_for_function(f"() => window.__trilensRuns > {before}", timeout=timeout_ms)
-    page.wait_for_selector(IDLE, timeout=timeout_ms)
+def loaded_in(page) -> float:
+    """Seconds from the start of navigation to the page's last change (its first render, once ``open_page`` is back)."""
+    return page.evaluate("() => window.__lastChange") / 1000
+
+
+def settle(page, action, timeout_ms: int = 120_000) -> float:
+    """Run ``action`` (a click, a submit) and return the seconds from it to the page's last change, once the page
+    has been quiet for ``QUIET_MS`` and the script is not running."""
+    start = page.evaluate("() => performance.now()")
+    action()
+    quiet(page, start, timeout_ms)
+    return (page.evaluate("() => window.__lastChange") - start) / 1000
+
+
+def open_options(page, key: str):
+    """Open the selectbox with widget key ``key``; returns the locator of its options."""
+    page.locator(f".st-key-{key} [role='combobox']").click()
+    return page.get_by_role("option")
 
 
 def pick(page, key: str, option: str) -> None:
     """Choose ``option`` in the selectbox with widget key ``key``."""
-    page.locator(f".st-key-{key} [role='combobox']").click()
+    open_options(page, key)
     page.get_by_role("option", name=option, exact=True).click()
 
 

@@ -54,7 +54,7 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
     family = trilens.load(model).family
     assert not at.error, messages(at)
     if tab == "Tokens & prediction":
-        assert at.dataframe and "prediction" in " ".join(m.value for m in at.markdown)
+        assert at.table and "prediction" in " ".join(m.value for m in at.markdown)
     elif tab == "Attention":
         assert {"attention-grid", "attention-pattern", "attention-focus"} <= {k for k in _chart_ids(at)}
     elif tab == "Lens":

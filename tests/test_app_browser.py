@@ -15,9 +15,8 @@ from app_driver import (
     free_port,
     open_page,
     pick,
-    runs,
     serve,
-    wait_rerun,
+    settle,
 )
 
 TABS = ("Tokens & prediction", "Attention", "Lens", "Decoder lens", "Probes", "Compare")
@@ -57,14 +56,10 @@ def test_every_tab_in_a_real_browser(server, browser, model, tmp_path):
             if tab in ("Attention", "Lens") or (tab == "Decoder lens" and model == "zoo:t5"):
                 page.wait_for_selector(".js-plotly-plot", timeout=60_000)  # plotly paints after the script ends
             if tab == "Attention":
-                before = runs(page)
-                pick(page, "layer", "1")
-                wait_rerun(page, before)
-                before = runs(page)
-                pick(page, "head", "2")
-                wait_rerun(page, before)
-                page.wait_for_selector(".st-key-attention-pattern .js-plotly-plot")
-                assert "layer 1, head 2" in page.locator(".st-key-attention-pattern").inner_text()
+                settle(page, lambda: pick(page, "layer", "1"))
+                settle(page, lambda: pick(page, "head", "2"))
+                page.wait_for_function("() => document.querySelector('.st-key-attention-pattern')"
+                                       "?.innerText.includes('layer 1, head 2')", timeout=60_000)
                 assert "layer=1" in page.url and "head=2" in page.url  # the view can be shared
                 assert not exceptions(page), exceptions(page)
             page.screenshot(path=str(shots(tmp_path) / f"{model.split(':')[1]}-{tab.split()[0].lower()}.png"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._common import as_array, layout, token_labels
 from ..errors import InputError
+from ._common import as_array, layout, token_labels
 
 if TYPE_CHECKING:
     from ..capture.cache import ActivationCache

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._common import as_array, layout
 from ..errors import InputError
+from ._common import as_array, layout
 
 
 def curves(

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import as_array, layout, token_labels
 from ..errors import InputError
+from ._common import as_array, layout, token_labels
 
 
 def layer_heatmap(
