@@ -160,3 +160,24 @@ def test_switching_model_loads_its_example(monkeypatch):
     assert not at.exception
     assert at.text_area(key="text").value == DEFAULT_INPUTS["zoo:t5"].text
     assert at.text_area(key="target").value == DEFAULT_INPUTS["zoo:t5"].target
+
+
+def test_a_saved_tuned_lens_and_a_saved_probe_result_are_shown(monkeypatch, tmp_path):
+    from trilens.lens import TunedLens
+    from trilens.probes import probe_layers
+
+    gpt = trilens.load("zoo:gpt")
+    texts = ["not ( T and F ) =", "( T or F ) =", "not T =", "( F and F ) ="] * 2
+    tuned = TunedLens.from_model(gpt)
+    tuned.fit(gpt, texts, steps=3, batch_size=4, progress=False)
+    tuned.save(tmp_path / "tuned")
+    probe_layers(gpt, texts, [t.startswith("not") for t in texts], cv=2, progress=False).save(tmp_path / "probe")
+
+    at = start(monkeypatch, "zoo:gpt", tab="Lens", lens="tuned", tuned=str(tmp_path / "tuned"))
+    assert not at.warning, messages(at)
+    assert chart(at, "lens-heatmap").layout.title.text.startswith("tuned lens")
+    at = start(monkeypatch, "zoo:gpt", tab="Probes", probe_path=str(tmp_path / "probe"))
+    assert not at.warning, messages(at)
+    curves = chart(at, "probe-curves")
+    assert {trace.name for trace in curves.data} >= {"task", "control"}
+    assert len(at.dataframe[0].value) == gpt.n_layers["decoder"] + 1

@@ -42,7 +42,9 @@ def lens_panel(source: str, inp: AppInput, family: str) -> None:
         if scored and "target rank" in view.values:
             labels = {p: f"{p}: {view.tokens[p]} → {view.targets[p]}" for p in scored}
             state.choose("rank_position", scored, scored[-1])
-            position = st.selectbox("target token's rank per layer, at position", scored, index=len(scored) - 1,
+            if "rank_position" not in st.query_params:  # default: the last scored position (the prediction)
+                st.session_state.setdefault("rank_position", scored[-1])
+            position = st.selectbox("target token's rank per layer, at position", scored,
                                     format_func=labels.__getitem__, key="rank_position", bind="query-params")
             ranks = view.target_rank(position)
             chart(curves(list(range(view.n_layers)), {f"rank of “{view.targets[position]}”": ranks + 1},
