@@ -79,6 +79,7 @@ def _chart_ids(at: AppTest) -> set[str]:
 @pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
 def test_attention_views_layers_and_heads_plot_the_models_patterns(monkeypatch, model):
     at = start(monkeypatch, model, tab="Attention")
+    assert any(t.value.startswith("attention: ") for t in at.text)  # the sidebar's timings of this run
     loaded = trilens.load(model)
     maps = attention_maps(loaded, prepare(loaded, DEFAULT_INPUTS[model]))
     for view in maps.views:

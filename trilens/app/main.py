@@ -45,7 +45,7 @@ def _source() -> str:
     return choice or ""
 
 
-def sidebar() -> tuple[str, object | None]:
+def sidebar() -> tuple[str, object | None, object | None]:
     start = _start_model()
     options = list(state.ZOO_MODELS)
     if start not in options:
@@ -61,17 +61,17 @@ def sidebar() -> tuple[str, object | None]:
         source = _source()
         if not source:
             st.info("Type the folder of a model saved with `save_pretrained` (config, weights and tokenizer).")
-            return "", None
+            return "", None, None
         try:
             with st.spinner(f"Loading {source}…"), state.timed("load model"):
                 loaded = state.load_model(source)
         except TrilensError as err:
             st.error(f"{source} cannot be loaded: {err}")
-            return "", None
+            return "", None, None
         except (OSError, ValueError, KeyError) as err:  # HF's own errors for a folder that is not a checkpoint
             st.error(f"{source} is not a model trilens can load ({type(err).__name__}: {err}). Give a folder with a "
                      "config.json, the weights and a tokenizer.")
-            return "", None
+            return "", None, None
         model = loaded.model
         st.badge(model.family, color={"encoder": "blue", "decoder": "green", "encoder-decoder": "violet"}[model.family])
         st.caption(f"{model.architecture} · " + ", ".join(f"{s} {n} layers" for s, n in model.n_layers.items())
@@ -91,15 +91,20 @@ def sidebar() -> tuple[str, object | None]:
             st.form_submit_button("Analyse", type="primary")
         st.caption(f"Up to {MAX_TOKENS} tokens per stack." + (" `[MASK]` marks a slot to predict."
                                                                  if model.family == "encoder" else ""))
-        with st.expander("timings"):
-            for what, seconds in st.session_state.get("timings", {}).items():
-                st.text(f"{what}: {seconds:.2f} s")
-    return source, model
+        timings = st.empty()  # filled once the panels have run
+    return source, model, timings
+
+
+def show_timings(slot) -> None:
+    """Per-step timings of this run (a panel's own reruns update its line the next time the page runs)."""
+    with slot.container(), st.expander("timings"):
+        for what, seconds in st.session_state.get("timings", {}).items():
+            st.text(f"{what}: {seconds:.2f} s")
 
 
 def main() -> None:
     st.set_page_config(page_title="trilens", layout="wide")
-    source, model = sidebar()
+    source, model, timings = sidebar()
     if model is None:
         st.markdown("### trilens\nPick a model in the sidebar.")
         return
@@ -113,6 +118,7 @@ def main() -> None:
         if tab.open:
             with tab:
                 panel()
+    show_timings(timings)
 
 
 main()
