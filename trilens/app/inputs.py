@@ -38,18 +38,15 @@ class Prepared:
 
 
 def token_counts(model: Model, inp: AppInput) -> dict[str, int]:
-    """Tokens per stack of ``inp`` (the target only where one is given)."""
-    counts = {}
-    for stack, text in _texts(model, inp).items():
-        counts[stack] = len(model.encode([text] if stack != "decoder" or model.family == "decoder" else [("x", text)])
-                            .ids[stack][0]) if text else 0
-    return counts
+    """Tokens per stack of ``inp`` (an encoder-decoder's target only where one is given)."""
+    def length(batch, stack: str) -> int:
+        return int(batch.masks[stack][0].sum())
 
-
-def _texts(model: Model, inp: AppInput) -> dict[str, str]:
+    first = model.stacks[0]
+    counts = {first: length(model.encode([inp.text]), first)}
     if model.family == "encoder-decoder":
-        return {"encoder": inp.text, "decoder": inp.target}
-    return {model.stacks[0]: inp.text}
+        counts["decoder"] = length(model.encode([(inp.text, inp.target)]), "decoder") if inp.target else 0
+    return counts
 
 
 def prepare(model: Model, inp: AppInput) -> Prepared:
