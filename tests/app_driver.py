@@ -119,10 +119,12 @@ def open_page(browser, url: str, timeout_ms: int = 180_000, ready: str = "[data-
 
 def quiet(page, since: float, timeout_ms: int = 120_000) -> None:
     """Wait until the page changed after ``since`` (ms, page clock), then stayed quiet for ``QUIET_MS``, with the
-    script not running."""
+    script not running and every plotly chart drawn."""
     page.wait_for_function(
         f"() => window.__lastChange > {since} && performance.now() - window.__lastChange > {QUIET_MS} && "
-        "document.querySelector('[data-test-script-state]').getAttribute('data-test-script-state') === 'notRunning'",
+        "document.querySelector('[data-test-script-state]').getAttribute('data-test-script-state') === 'notRunning' && "
+        # plotly.js loads asynchronously (the page is quiet meanwhile): every chart must have drawn
+        "Array.from(document.querySelectorAll(\"[data-testid='stPlotlyChart']\")).every(c => c.querySelector('.main-svg'))",
         timeout=timeout_ms, polling=50)
 
 
