@@ -36,8 +36,9 @@ from app_driver import (
     open_page,
     serve,
     settle,
-    streamlit_command,
 )
+
+from trilens.cli.app import streamlit_command  # noqa: E402  (the app's own server settings, for the baselines too)
 
 NEW_INPUTS = {  # texts the zoo models were trained on, each new to the cache
     "zoo:gpt": ["not ( F or T ) =", "( T and T ) =", "not F =", "( F or F ) =", "not ( T or F ) =", "( T and F ) =",

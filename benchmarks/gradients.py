@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from contextlib import contextmanager, nullcontext
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -129,9 +129,7 @@ def without(feature: str):
 
     name = {"linearized": "linearized_activations", "encoder split": "split_encoder"}[feature]
     original = getattr(module, name)
-    replacement = (lambda model, active=True: original(model, False)) if name == "split_encoder" else \
-        (lambda model: nullcontext())
-    setattr(module, name, replacement)
+    setattr(module, name, lambda model, active=True: original(model, False))
     try:
         yield
     finally:

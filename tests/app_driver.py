@@ -81,12 +81,6 @@ def app_command(model: str, port: int) -> list[str]:
     return [sys.executable, "-m", "trilens.cli", "app", model, "--port", str(port)]
 
 
-def streamlit_command(script: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
-            "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none"]
-
-
 @contextmanager
 def chromium():
     from playwright.sync_api import sync_playwright

@@ -2,6 +2,7 @@
 plotted arrays, and bad inputs shown as messages, never as exceptions."""
 
 import base64
+import json
 
 import numpy as np
 import plotly.io as pio
@@ -51,7 +52,7 @@ def messages(at: AppTest) -> str:
 @pytest.mark.parametrize("tab", TABS)
 def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
     at = start(monkeypatch, model, tab=tab)
-    family = trilens.load(model).family
+    family = {"zoo:gpt": "decoder", "zoo:bert": "encoder", "zoo:t5": "encoder-decoder"}[model]
     assert not at.error, messages(at)
     if tab == "Tokens & prediction":
         assert at.table and "prediction" in " ".join(m.value for m in at.markdown)
@@ -70,10 +71,13 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
         assert "second input" in messages(at)
 
 
+CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "lens-heatmap", "lens-rank",
+              "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention")
+
+
 def _chart_ids(at: AppTest) -> set[str]:
-    return {key for el in at.get("plotly_chart") for key in [el.proto.id] for key in
-            [k for k in ("attention-grid", "attention-pattern", "attention-focus", "lens-heatmap", "lens-rank",
-                         "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention") if k in key]}
+    """The widget keys of the charts on the page."""
+    return {key for el in at.get("plotly_chart") for key in CHART_KEYS if key in el.proto.id}
 
 
 @pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
@@ -182,3 +186,11 @@ def test_a_saved_tuned_lens_and_a_saved_probe_result_are_shown(monkeypatch, tmp_
     curves = chart(at, "probe-curves")
     assert {trace.name for trace in curves.data} >= {"task", "control"}
     assert len(at.dataframe[0].value) == gpt.n_layers["decoder"] + 1
+
+    rows = [{"text": t, "label": t.startswith("not")} for t in texts] * 2
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    at = start(monkeypatch, "zoo:gpt", tab="Probes", probe_mode="probe a JSON-lines file")
+    at.file_uploader(key="probe_upload").set_value(("rows.jsonl", data, "application/jsonl")).run()
+    assert not at.exception and not at.warning, messages(at)
+    uploaded = at.dataframe[0].value
+    assert len(uploaded) == gpt.n_layers["decoder"] + 1 and {"task_mean", "control_mean"} <= set(uploaded.columns)

@@ -112,12 +112,16 @@ def test_the_lens_last_layer_is_the_models_own_prediction(name, zoo):
     assert n == len(view.tokens) and not diff.any()
 
 
-@pytest.mark.parametrize("name,slot,answer", [("gpt", "=", "T"), ("bert", "[MASK]", "T")])
-def test_predictions_give_the_trained_answer(name, slot, answer, zoo):
-    pred = predict(zoo(name), prepare(zoo(name), INPUTS[name]))
+@pytest.mark.parametrize("name,slot,answer,tokens", [
+    ("gpt", "=", "T", ["not", "(", "T", "and", "F", ")", "="]),
+    ("bert", "[MASK]", "T", ["[CLS]", "not", "(", "T", "and", "F", ")", "=", "[MASK]", "[SEP]"]),
+])
+def test_predictions_give_the_trained_answer(name, slot, answer, tokens, zoo):
+    model = zoo(name)
+    pred = predict(model, prepare(model, INPUTS[name]))
     assert len(pred.rows) == 1 and pred.rows[0]["token"] == slot
     assert pred.rows[0]["top 1"].startswith(f"{answer} (")
-    assert [t for _, t, _ in next(iter(pred.tokens.values()))][:4] in (["not", "(", "T", "and"], ["[CLS]", "not", "(", "T"])
+    assert [t for _, t, _ in pred.tokens[model.stacks[0]]] == tokens
 
 
 def test_encoder_decoder_predicts_each_target_token_and_reverses_the_source(zoo):

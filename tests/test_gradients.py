@@ -1,8 +1,6 @@
 """Gradients at any site: equal to plain autograd on the HF model, per-step gradients batched = looped = re-run per
 prefix, contrastive = difference, and the model left exactly as it was (weights, flags, hooks), also after errors."""
 
-from contextlib import nullcontext
-
 import pytest
 import torch
 from conftest import ARCHS
@@ -164,10 +162,12 @@ def test_linearized_activations_give_the_same_per_step_gradients(name, tiny, mon
     model = tiny(name)
     with linearized_activations(model) as changed:
         assert changed >= 2  # one activation per layer at least
+    with linearized_activations(model, False) as changed:
+        assert changed == 0
     inputs = PAIRS if model.family == "encoder-decoder" else TEXTS
     sites = ["mlp_pre", "mlp_post", "resid_post"]
     fast = model.gradients(inputs, StepScores(), sites=sites)
-    monkeypatch.setattr(gradients_module, "linearized_activations", lambda m: nullcontext())
+    monkeypatch.setattr(gradients_module, "linearized_activations", lambda m, active=True: linearized_activations(m, False))
     plain = model.gradients(inputs, StepScores(), sites=sites)
     assert set(fast.grads) == set(plain.grads) and len(fast.grads) > len(sites)
     for key in plain.grads:

@@ -23,9 +23,6 @@ class AppInput:
     text: str
     target: str = ""
 
-    def key(self) -> tuple[str, str]:
-        return (self.text, self.target)
-
 
 @dataclass(frozen=True)
 class Prepared:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .inputs import Prepared
+from .inputs import GENERATED_TARGET_TOKENS, Prepared
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -51,7 +51,8 @@ def predict(model: Model, prepared: Prepared) -> Prediction:
     else:
         slots = [p for p, _, _ in tokens[stack]]
         note = "each target token, teacher-forced (position i reads the target up to i - 1)"
-        generated = model.generate([prepared.model_input[0]], max_new_tokens=2 * max(8, len(slots))).texts[0]
+        generated = prepared.target if prepared.target_generated else model.generate(
+            [prepared.model_input[0]], max_new_tokens=GENERATED_TARGET_TOKENS).texts[0]  # generated once, in prepare
     rows = []
     top = torch.topk(probs[slots], min(TOP_K, probs.shape[-1]))
     labels = [t for _, t, _ in tokens[stack]]

@@ -23,6 +23,7 @@ from .attention_data import AttentionMaps, attention_maps
 from .inputs import AppInput, Prepared, prepare
 from .lens_data import LensView, lens_view, load_tuned
 from .prediction import Prediction, predict
+from .probe_data import run_probe
 
 ZOO_MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5", "zoo:minilm")
 LOCAL = "a local model folder…"
@@ -108,6 +109,11 @@ def decoder_lens(source: str, text: str, reference: str) -> Any:
         return generated, teacher
 
     return _run(source, go)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def probe(source: str, data: bytes, label: str) -> Any:
+    return _run(source, lambda m: run_probe(m, data, label))
 
 
 def choose(key: str, options: list[T], default: T | None = None) -> None:

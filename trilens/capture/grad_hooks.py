@@ -99,21 +99,23 @@ def head_input(model: Model) -> Iterator[dict[str, torch.Tensor]]:
 _PIECEWISE_LINEAR = ("ReLU", "ReLU6", "LeakyReLU", "LinearActivation", "Identity")
 
 
-def _is_elementwise_activation(module: torch.nn.Module) -> bool:
+def _elementwise_activations() -> set[type]:
     from transformers.activations import ACT2CLS
 
     classes = {c[0] if isinstance(c, tuple) else c for c in ACT2CLS.values()}
-    return type(module) in classes and type(module).__name__ not in _PIECEWISE_LINEAR
+    return {c for c in classes if c.__name__ not in _PIECEWISE_LINEAR}
 
 
 @contextmanager
-def linearized_activations(model: Model) -> Iterator[int]:
+def linearized_activations(model: Model, active: bool = True) -> Iterator[int]:
     """Elementwise activations (GELU, SiLU, ...) keep their output but backpropagate by one multiplication with their
     derivative, computed once in the forward pass: ``y + (x - x.detach()) * f'(x)`` has value ``y`` and gradient
     ``f'(x) * g`` exactly, where the activation's own backward recomputes ``f'`` from about a dozen elementwise
-    operations at every backward pass. For many backward passes over one forward (per-step gradients) this is
-    1.3-1.5x faster on GELU models. Yields the number of activation modules changed."""
-    modules = [m for m in model.hf_model.modules() if _is_elementwise_activation(m)]
+    operations at every backward pass (and vmaps each of them when steps are batched). Pays where one forward serves
+    many backward passes (per-step gradients; measured in benchmarks/gradients.py). Yields the number of activation
+    modules changed (0 when not ``active``)."""
+    classes = _elementwise_activations() if active else set()
+    modules = [m for m in model.hf_model.modules() if type(m) in classes]
 
     def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
         x = args[0] if args else None

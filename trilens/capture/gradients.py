@@ -18,7 +18,6 @@ encoder for many steps at once (``split_encoder``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -115,8 +114,8 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
     hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks), rows=batch_rows))
     hooks += [(name, keep_hook(store, name)) for name in names]
     with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
-            head_input(model) as head, model.hooks(hooks), split_encoder(model, objective.per_step and step_batch != 1) as encoder, \
-            linearized_activations(model) if objective.per_step else nullcontext():
+            head_input(model) as head, model.hooks(hooks), linearized_activations(model, objective.per_step), \
+            split_encoder(model, objective.per_step and step_batch != 1) as encoder:
         logits = model.hf_model(**batch.forward_kwargs()).logits
     require_fired(names, store)
     rows = None
@@ -197,18 +196,21 @@ def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, in
         cols = torch.arange(start, min(n_steps, start + chunk), device=values.device)
         seed = _seeds(source, gx, positions, rows.valid.to(values.device), cols)
         found.append(_batched_grad(source, targets, seed, retain=split or start + chunk < n_steps))
-    sizes = [min(chunk, n_steps - i) for i in range(0, n_steps, chunk)]
+    sizes = _sizes(n_steps, chunk)
     grads = [_join([f[i] for f in found], sizes, t) for i, t in enumerate(inputs)]
     at_encoder = _join([f[-1] for f in found], sizes, encoder["leaf"]) if split else None
     if at_encoder is not None:  # the paths through the encoder's output, for enc_chunk steps at a time
         enc_chunk = _chunk_size(step_batch, batch, encoder["out"], n_steps, stacks=("encoder",))
-        starts = range(0, n_steps, enc_chunk)
         found = [_batched_grad(encoder["out"], inputs, at_encoder[i:i + enc_chunk], retain=i + enc_chunk < n_steps)
-                 for i in starts]
-        through = [_join([f[i] for f in found], [min(enc_chunk, n_steps - j) for j in starts], t)
-                   for i, t in enumerate(inputs)]
+                 for i in range(0, n_steps, enc_chunk)]
+        through = [_join([f[i] for f in found], _sizes(n_steps, enc_chunk), t) for i, t in enumerate(inputs)]
         grads = [g if e is None else e if g is None else g + e for g, e in zip(grads, through)]
     return [g.movedim(0, 1) for g in _require_grads(grads, keys)], sizes
+
+
+def _sizes(n_steps: int, chunk: int) -> list[int]:
+    """Steps in each chunk of ``chunk`` steps."""
+    return [min(chunk, n_steps - i) for i in range(0, n_steps, chunk)]
 
 
 def _join(parts: list[torch.Tensor | None], sizes: list[int], like: torch.Tensor) -> torch.Tensor | None:

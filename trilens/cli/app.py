@@ -8,18 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..app import APP_SCRIPT
 from ..errors import InputError
 
 DEFAULT_MODEL = "zoo:t5"
 
 
-def streamlit_command(model: str, port: int, host: str) -> list[str]:
-    """The ``streamlit run`` command line for the app: headless, no usage statistics, no file watcher, and no
-    garbage collection after every rerun (with large models it costs seconds per click: streamlit #8977)."""
-    script = Path(__file__).resolve().parents[1] / "app" / "main.py"
+def streamlit_command(script: Path, port: int, host: str = "127.0.0.1", *script_args: str) -> list[str]:
+    """The ``streamlit run`` command line for ``script``: headless, no usage statistics, no file watcher, a minimal
+    toolbar, and no garbage collection after every rerun (with large models it costs seconds per click: streamlit
+    #8977)."""
     return [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address", host,
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
-            "--runner.postScriptGC", "false", "--", "--model", model]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal", "--runner.postScriptGC", "false", "--", *script_args]
 
 
 def check_model(model: str) -> None:
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     check_model(args.model)
     print(f"trilens app: {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
-        return subprocess.call(streamlit_command(args.model, args.port, args.host))
+        return subprocess.call(streamlit_command(APP_SCRIPT, args.port, args.host, "--model", args.model))
     except KeyboardInterrupt:
         return 0
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from .. import state
-from ..probe_data import MAX_PROBE_ROWS, load_probe, run_probe
+from ..probe_data import MAX_PROBE_ROWS, load_probe
 from .common import chart, downloads, shown_errors
 
 SAVED, UPLOAD = "a saved probe result", "probe a JSON-lines file"
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _probe(source: str, data: bytes, label: str):
-    loaded = state.load_model(source)
-    with loaded.lock:
-        return run_probe(loaded.model, data, label)
 
 
 @st.fragment
@@ -38,7 +31,7 @@ def probes_panel(source: str) -> None:
                         "Hewitt & Liang control task).")
                 return
             with st.spinner("Probing every layer…"), state.timed("probes"):
-                result = _probe(source, upload.getvalue(), label.strip())
+                result = state.probe(source, upload.getvalue(), label.strip())
         figure = result.figure()
         chart(figure, key="probe-curves")
         table = result.layer_metrics()
