@@ -119,7 +119,11 @@ def test_exact_sensitivity_equals_the_backward_jacobian(tiny, name):
 
 def test_sensitivity_agrees_with_finite_differences(tiny):
     """||J u|| along a few random source directions, by central differences of the attention output."""
-    from trilens.capture.jvp import directional_derivatives, replaced_embeddings, _embeddings
+    from trilens.capture.jvp import (
+        _embeddings,
+        directional_derivatives,
+        replaced_embeddings,
+    )
 
     model = tiny("gpt2")
     steps = step_inputs(model, ["the cat sat on"], ["the mat"])
