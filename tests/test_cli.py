@@ -71,7 +71,7 @@ def test_help_lists_every_subcommand(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["info", "capture", "lens", "probe", "study", "app"]
+    assert names == ["info", "capture", "lens", "probe", "attention", "study", "app"]
     for name in names:
         assert f"    {name} " in out
 
@@ -86,10 +86,12 @@ def test_every_subcommand_answers_bad_input_with_one_line_and_exit_2(tiny_path, 
         "lens": ["lens", "decoder", gpt, "x y"],
         "probe": ["probe", gpt, "--data", str(data), "--label", "truth"],
         "study": ["study", "run", "no_such_study", "--out", str(tmp_path / "o")],
+        "attention": ["attention", "steps", str(tiny_path("bert")), "--texts", str(data), "--out", str(tmp_path / "a")],
         "app": ["app", str(tmp_path / "no-model")],
     }
     expected = {"info": "does not exist|not a local directory", "capture": "does not exist", "lens": "encoder-decoder",
-                "probe": "no field 'truth'", "study": "no study named", "app": "does not exist"}
+                "probe": "no field 'truth'", "study": "no study named",
+                "attention": "encoder-only models do not generate", "app": "does not exist"}
     import re
 
     for name, argv in bad.items():
@@ -102,3 +104,22 @@ def test_every_subcommand_answers_bad_input_with_one_line_and_exit_2(tiny_path, 
                           (["app", gpt, "--port", "0"], "--port must be")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_attention_steps_command(tiny_path, tmp_path, capsys):
+    from trilens import load_result
+
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"source": "the cat sat", "target": "on the mat"}\n{"source": "a dog", "target": "was here"}\n')
+    out = tmp_path / "steps"
+    assert main(["attention", "steps", str(tiny_path("gpt2")), "--texts", str(texts), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "given targets" in printed and "uniform baseline" in printed and "residual_sensitivity" in printed
+    result = load_result(out)
+    assert result.valid.sum(1).tolist() == [3, 2]
+    assert {p.name for p in out.iterdir()} >= {"figure.html", "grid.html", "sensitivity.html"}
+    mixed = tmp_path / "m.jsonl"
+    mixed.write_text('{"text": "the cat"}\n{"source": "a dog", "target": "was here"}\n')
+    assert main(["attention", "steps", str(tiny_path("gpt2")), "--texts", str(mixed), "--out", str(tmp_path / "x")]) == 2
+    assert "mixes plain texts and source/target pairs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
