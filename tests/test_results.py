@@ -10,6 +10,7 @@ import pytest
 
 import trilens
 from trilens import StepScores, load_result
+from trilens.attention import attention_steps
 from trilens.errors import StoreError
 from trilens.lens import DecoderLensResult, LensResult, TunedLens, decoder_lens, logit_lens
 from trilens.probes import ProbeResult, probe_layers
@@ -29,6 +30,7 @@ def results(tiny):
         "ActivationCache": gpt.trace(["the cat sat", "x y"], sites=["resid_post", "attn_pattern"]),
         "Generation": gpt.generate(["the cat", "x y z"], capture="blocks.0.hook_resid_post", max_new_tokens=3),
         "GradientResult": gpt.gradients(["the cat sat on the mat", "x y z"], StepScores(), sites="attn_pattern"),
+        "AttentionStepsResult": attention_steps(bart, ["x y z", "the cat"], max_new_tokens=3, sensitivity="estimate", probes=4),
     }
 
 

@@ -62,7 +62,7 @@ def _continuation(model: Model, prompt: list[int], text: str) -> list[int]:
 def step_inputs(model: Model, inputs: Any, targets: Sequence[str] | None = None, *, max_new_tokens: int = 20,
                 truncate: bool = False, **generate_kwargs: Any) -> StepInputs:
     """The teacher-forced batch for ``inputs`` (prompts or sources; ``(source, target)`` pairs for encoder-decoders)
-    followed by ``targets`` (one text per input) or, without targets, by the model's own greedy generation."""
+    followed by ``targets`` (one text or list of token ids per input) or, without targets, by the model's own greedy generation."""
     if model.family == "encoder":
         raise InputError("per-step attention needs generation steps: encoder-only models do not generate. Use "
                          "trilens.attention.rollout or relevancy for an encoder's masked position.")
@@ -78,7 +78,7 @@ def step_inputs(model: Model, inputs: Any, targets: Sequence[str] | None = None,
         targets = [targets] if isinstance(targets, str) else list(targets)
         if len(targets) != len(items):
             raise InputError(f"{len(items)} inputs but {len(targets)} targets: give one target per input.")
-        if any(not isinstance(t, str) or not t.strip() for t in targets):
+        if any(not (t.strip() if isinstance(t, str) else len(t)) for t in targets):
             raise InputError("a target is empty: every target needs at least one token (or leave targets out to generate).")
     source = model.encode(items, truncate=truncate)
     mask = source.attention_mask.bool()
@@ -86,8 +86,8 @@ def step_inputs(model: Model, inputs: Any, targets: Sequence[str] | None = None,
     if targets is None:
         gen = model.generate(items, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
         steps = [gen.generated_ids[b][gen.live[b]].tolist() for b in range(len(items))]
-    elif model.family == "decoder":
-        steps = [_continuation(model, p, t) for p, t in zip(prompts, targets)]
+    elif model.family == "decoder":  # texts continue their prompt; token ids are taken as they are
+        steps = [_continuation(model, p, t) if isinstance(t, str) else [int(i) for i in t] for p, t in zip(prompts, targets)]
     else:
         steps = [model.encode([(items[b], targets[b])]).labels[0].clamp_min(0).tolist() for b in range(len(items))]
     if any(not s for s in steps):

@@ -154,14 +154,16 @@ class AttentionStepsResult(Result):
                    "valid": self.valid.to(torch.uint8), "source_lengths": self.source_lengths}
         if self.baseline is not None:
             tensors["baseline"] = self.baseline
-        return {"source_tokens": self.source_tokens, "step_tokens": self.step_tokens, "family": self.family}, tensors
+        return {"source_tokens": self.source_tokens, "step_tokens": self.step_tokens, "family": self.family,
+                "metrics": list(self.metrics)}, tensors
 
     @classmethod
     def _from_state(cls, data: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> AttentionStepsResult:
         sens = group(tensors, "sensitivity/")
         if "exact" in sens:
             sens["exact"] = sens["exact"].bool()
-        return cls(metrics=group(tensors, "metric/"), sensitivity=sens, baseline=tensors.get("baseline"),
+        metrics = group(tensors, "metric/")
+        return cls(metrics={k: metrics[k] for k in data["metrics"]}, sensitivity=sens, baseline=tensors.get("baseline"),
                    valid=tensors["valid"].bool(), source_lengths=tensors["source_lengths"],
                    source_tokens=data["source_tokens"], step_tokens=data["step_tokens"], family=data["family"], info=info)
 
