@@ -12,7 +12,13 @@ import trilens
 from trilens import StepScores, load_result
 from trilens.attention import attention_steps
 from trilens.errors import StoreError
-from trilens.lens import DecoderLensResult, LensResult, TunedLens, decoder_lens, logit_lens
+from trilens.lens import (
+    DecoderLensResult,
+    LensResult,
+    TunedLens,
+    decoder_lens,
+    logit_lens,
+)
 from trilens.probes import ProbeResult, probe_layers
 
 LEGACY = Path(__file__).parent / "data" / "saved-0.1.0"

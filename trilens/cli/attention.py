@@ -40,6 +40,7 @@ def step_table(result: Any) -> str:
 
 def cmd_attention_steps(args: argparse.Namespace) -> int:
     import trilens
+
     from ..attention import attention_steps
     from ..viz import write_html
 
