@@ -10,7 +10,7 @@ import pytest
 
 import trilens
 from trilens import StepScores, load_result
-from trilens.attention import attention_steps
+from trilens.attention import attention_steps, relevancy_maps
 from trilens.errors import StoreError
 from trilens.lens import (
     DecoderLensResult,
@@ -37,6 +37,7 @@ def results(tiny):
         "Generation": gpt.generate(["the cat", "x y z"], capture="blocks.0.hook_resid_post", max_new_tokens=3),
         "GradientResult": gpt.gradients(["the cat sat on the mat", "x y z"], StepScores(), sites="attn_pattern"),
         "AttentionStepsResult": attention_steps(bart, ["x y z", "the cat"], max_new_tokens=3, sensitivity="estimate", probes=4),
+        "RelevancyResult": relevancy_maps(gpt, ["the cat sat", "x y"], max_new_tokens=2, methods=("relevancy", "flow")),
     }
 
 
