@@ -15,7 +15,7 @@ from trilens.app.attention_data import attention_maps
 from trilens.app.inputs import prepare
 from trilens.app.state import DEFAULT_INPUTS, LOCAL
 
-TABS = ("Tokens & prediction", "Attention", "Lens", "Decoder lens", "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Lens", "Decoder lens", "Probes", "Compare")
 TIMEOUT = 180
 
 
@@ -58,6 +58,12 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
         assert at.table and "prediction" in " ".join(m.value for m in at.markdown)
     elif tab == "Attention":
         assert {"attention-grid", "attention-pattern", "attention-focus"} <= {k for k in _chart_ids(at)}
+    elif tab == "Attention over steps":
+        assert "steps-map" in _chart_ids(at)
+        if family == "encoder":
+            assert "does not generate" in messages(at)
+        else:
+            assert "steps-curves" in _chart_ids(at)
     elif tab == "Lens":
         assert "lens-heatmap" in _chart_ids(at)
     elif tab == "Decoder lens":
@@ -71,7 +77,7 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
         assert "second input" in messages(at)
 
 
-CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "lens-heatmap", "lens-rank",
+CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "lens-heatmap", "lens-rank",
               "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention")
 
 
@@ -194,3 +200,28 @@ def test_a_saved_tuned_lens_and_a_saved_probe_result_are_shown(monkeypatch, tmp_
     assert not at.exception and not at.warning, messages(at)
     uploaded = at.dataframe[0].value
     assert len(uploaded) == gpt.n_layers["decoder"] + 1 and {"task_mean", "control_mean"} <= set(uploaded.columns)
+
+
+@pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
+def test_attention_over_steps_plots_the_results_of_the_library(monkeypatch, model):
+    from trilens.attention import attention_steps, relevancy_maps
+    from trilens.attention.steps_input import step_inputs
+
+    at = start(monkeypatch, model, tab="Attention over steps")
+    m = trilens.load(model)
+    inp = DEFAULT_INPUTS[model]
+    steps = step_inputs(m, [inp.text if m.family == "decoder" else (inp.text, inp.target)], max_new_tokens=32)
+    expected = attention_steps(m, steps, sensitivity=None)
+    default = "source_mass" if m.family == "decoder" else "sensitivity"
+    assert at.selectbox(key="steps_metric").value == default
+    at.selectbox(key="steps_metric").set_value("entropy").run()
+    assert not at.exception
+    curves = chart(at, "steps-curves")
+    layer0 = next(t for t in curves.data if t.name == "layer 0")
+    assert np.allclose(array(layer0.y), expected.curve("entropy")["mean"][0].numpy(), atol=1e-5, equal_nan=True)
+    maps = relevancy_maps(m, steps, methods=("relevancy",))
+    heat = chart(at, "steps-map")
+    assert np.allclose(array(heat.data[0].z), maps.map("relevancy", 0).numpy(), atol=1e-5)
+    at.selectbox(key="map_method").set_value("rollout").run()
+    at.radio(key="map_part").set_value("prefix").run()
+    assert not at.exception and "rollout" in chart(at, "steps-map").layout.title.text

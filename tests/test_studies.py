@@ -15,7 +15,7 @@ def _shipped(*names):
 
 
 def test_the_studies_are_listed(capsys):
-    assert {"decoder_lens", "logit_lens"} <= set(list_studies())
+    assert {"decoder_lens", "logit_lens", "attention_degeneration"} <= set(list_studies())
     assert cli(["study", "list"]) == 0
     assert "decoder_lens" in capsys.readouterr().out
 
@@ -99,3 +99,20 @@ def test_layerwise_probing_study_quick_run(tmp_path):
     assert "cross: subformula values -> truth value at [MASK]" in m
     assert all(v["unconverged_probes"] == 0 for v in m.values())  # every logistic probe converged
     assert len(list((tmp_path / "lp" / "figures").glob("bert_*.html"))) == 6
+
+
+@pytest.mark.slow
+def test_attention_degeneration_study_quick_run(tmp_path):
+    ctx = run_study("attention_degeneration", tmp_path / "ad", quick=True, progress=False)
+    gpt, t5 = ctx.metrics["gpt/reverse"], ctx.metrics["t5/reverse"]
+    assert gpt["exact_match"] == 1.0 and t5["exact_match"] == 1.0  # the trained models reverse these strings
+    assert gpt["source_mass_by_step"]["1"] == pytest.approx(1.0)  # step 1 reads only the prompt
+    assert gpt["uniform_baseline_by_step"]["1"] == 1.0 and gpt["uniform_baseline_by_step"]["8"] < 0.75
+    for m in (gpt, t5):
+        assert m["sensitivity_by_step"]["1"] == pytest.approx(1.0) and len(m["sensitivity_by_step"]) >= 3
+    area = t5["perturbation_area"]
+    assert area["relevancy/positive"] < area["random"] < area["relevancy/negative"]
+    assert ctx.metrics["t5/logic"]["steps"] == 2  # the answer and the end of the sequence
+    for name in ("reverse_sensitivity_gpt_vs_t5", "gpt_reverse_source_mass", "t5_reverse_perturbation"):
+        assert (tmp_path / "ad" / "figures" / f"{name}.html").stat().st_size > 10_000
+    assert (tmp_path / "ad" / "summary.md").read_text().startswith("# Study attention_degeneration")

@@ -24,6 +24,7 @@ from .inputs import AppInput, Prepared, prepare
 from .lens_data import LensView, lens_view, load_tuned
 from .prediction import Prediction, predict
 from .probe_data import run_probe
+from .steps_data import StepsView, steps_view
 
 ZOO_MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5", "zoo:minilm")
 LOCAL = "a local model folder…"
@@ -109,6 +110,12 @@ def decoder_lens(source: str, text: str, reference: str) -> Any:
         return generated, teacher
 
     return _run(source, go)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def steps(source: str, text: str, target: str) -> StepsView:
+    prep = prepared(source, text, target)
+    return _run(source, lambda m: steps_view(m, prep))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

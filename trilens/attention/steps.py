@@ -63,14 +63,16 @@ def attention_steps(
     and residual stream are to the source (``AttentionStepsResult``).
 
     Args:
-        inputs: prompts (decoder-only) or sources (encoder-decoder; ``(source, target)`` pairs also work).
+        inputs: prompts (decoder-only) or sources (encoder-decoder; ``(source, target)`` pairs also work); or the
+            ``StepInputs`` of an earlier run (``steps_input.step_inputs``), to measure the same steps.
         targets: one text per input, teacher-forced; without them the model generates greedily first
             (``max_new_tokens``, other ``generate`` arguments pass through).
         sensitivity: ``"auto"``, ``"exact"``, ``"estimate"`` (``probes`` random directions, ``seed``), or ``None``
             to skip it (see ``trilens.attention.sensitivity``).
         batch_size: inputs per traced forward pass.
     """
-    steps = step_inputs(model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
+    steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
+        model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
     metrics = pattern_metrics(model, steps, batch_size)
     sens = None
     if sensitivity is not None:

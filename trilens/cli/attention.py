@@ -77,6 +77,7 @@ def maps_table(result: Any, sequence: int = 0, top: int = 3) -> str:
 
 def cmd_attention_relevancy(args: argparse.Namespace) -> int:
     import trilens
+
     from ..attention import relevancy_maps
     from ..viz import write_html
 
