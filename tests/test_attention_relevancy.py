@@ -108,7 +108,12 @@ def test_bad_inputs_give_clear_errors(tiny):
         relevancy_maps(tiny("bert"), ["the cat sat"])
     with pytest.raises(InputError, match="capped at 4 tokens"):
         relevancy_maps(tiny("gpt2"), ["the cat sat on the mat"], ["and"], methods=("flow",), flow_max_tokens=4)
-    result = relevancy_maps(tiny("gpt2"), ["the cat"], ["sat"])
+    steps = step_inputs(tiny("gpt2"), ["the cat"], ["sat on"])
+    result = relevancy_maps(tiny("gpt2"), steps)
+    with pytest.raises(InputError, match=r"maps for \(1, 3\) \(inputs, steps\) do not fit these \(1, 2\)"):
+        perturbation_curve(tiny("gpt2"), steps, torch.zeros(1, 3, 2))  # steps beyond the target
+    with pytest.raises(InputError, match="order must be one of"):
+        perturbation_curve(tiny("gpt2"), steps, result.maps["relevancy"]["source"], order="best")
     with pytest.raises(InputError, match="sequence 3 does not exist"):
         result.map("relevancy", 3)
     with pytest.raises(InputError, match="no 'flow' maps"):

@@ -199,6 +199,8 @@ def test_bad_inputs_give_clear_errors(tiny):
         attention_steps(gpt, ["the cat"], ["sat"], sensitivity="fast")
     with pytest.raises(InputError, match="probes must be at least 2"):
         attention_steps(gpt, ["the cat"], ["sat"], sensitivity="estimate", probes=1)
+    with pytest.raises(InputError, match="input text is empty"):
+        attention_steps(gpt, [""], ["sat"])  # no source
     result = attention_steps(gpt, ["the cat"], ["sat on"], sensitivity=None)
     with pytest.raises(InputError, match="no metric 'sensitivity'.*sensitivity= other than None"):
         result.values("sensitivity")
