@@ -44,7 +44,7 @@ def test_decoder_only_relevancy_equals_a_per_step_reference(tiny, name):
     for t in range(int(steps.valid[0].sum())):
         p = n - 1 + t
         one = model.gradients([ids[: p + 1]], TokenScore(token=ids[p + 1], position=p), sites=names, embeddings=False)
-        row = _self_rule(_weighted(one, names))[p]
+        row = _self_rule(_weighted(one, names))[p] - torch.eye(p + 1)[p]  # without the starting identity
         assert torch.allclose(result.map("relevancy", 0)[t], row[:n], atol=1e-5)
         assert torch.allclose(result.map("relevancy", 0, "prefix")[t, :t], row[n : p + 1], atol=1e-5)  # steps 1..t
         assert float(result.map("relevancy", 0, "prefix")[t, t:].abs().sum()) == 0  # later tokens are not its prefix
@@ -66,7 +66,8 @@ def test_encoder_decoder_relevancy_equals_a_per_step_reference(tiny):
             r_qi = r_qi + a_self @ r_qi
             r_qi = r_qi + _bar(r_qq).T @ a_cross @ _bar(r_ii)
         assert torch.allclose(result.map("relevancy", 0)[t], r_qi[t], atol=1e-5)
-        assert torch.allclose(result.map("relevancy", 0, "prefix")[t, : t + 1], r_qq[t, : t + 1], atol=1e-5)
+        prefix = (r_qq - torch.eye(len(tgt)))[t, : t + 1]  # without the starting identity
+        assert torch.allclose(result.map("relevancy", 0, "prefix")[t, : t + 1], prefix, atol=1e-5)
 
 
 def test_encoder_relevancy_reads_the_mask_row(tiny):
@@ -75,7 +76,10 @@ def test_encoder_relevancy_reads_the_mask_row(tiny):
     names = model.sites(kind="attn_pattern")
     one = model.gradients(["the cat [MASK] on the mat"], TokenScore(), sites=names, embeddings=False)
     mask_at = int(one.scored["positions"][0, 0])
-    assert torch.allclose(result.map("relevancy")[0], _self_rule(_weighted(one, names))[mask_at], atol=1e-5)
+    reference = _self_rule(_weighted(one, names))[mask_at]
+    assert torch.allclose(result.map("relevancy")[0], reference - torch.eye(8)[mask_at], atol=1e-5)
+    kept = relevancy_maps(model, ["the cat [MASK] on the mat"], methods=("relevancy",), self_relevance=True)
+    assert torch.allclose(kept.map("relevancy")[0], reference, atol=1e-5)
     assert result.valid.shape == (1, 1) and result.map("flow").shape == (1, 8)
     assert torch.allclose(result.map("flow").sum(), torch.tensor(1.0), atol=1e-5)
     assert result.step_tokens[0] == [model.tokenizer.convert_ids_to_tokens(int(one.scored["tokens"][0, 0]))]

@@ -42,7 +42,8 @@ def _check_methods(model: Model, methods: Sequence[str]) -> list[str]:
 
 def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = None, *,
                    methods: Sequence[str] = ("relevancy", "rollout"), max_new_tokens: int = 20, score: str = "logprob",
-                   receptive_field: bool = False, flow_max_tokens: int = MAX_FLOW_TOKENS, step_batch: int | None = None,
+                   receptive_field: bool = False, self_relevance: bool = False, flow_max_tokens: int = MAX_FLOW_TOKENS,
+                   step_batch: int | None = None,
                    truncate: bool = False, **generate_kwargs: Any) -> RelevancyResult:
     """Per input and target step: how relevant each source (and prefix) token is to the step's token.
 
@@ -54,6 +55,9 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         methods: any of ``"relevancy"`` (Chefer et al., gradients of the step's ``score``), ``"rollout"`` (Abnar &
             Zuidema; ``receptive_field`` normalisation for a decoder-only stack) and ``"flow"`` (not for
             encoder-decoders; at most ``flow_max_tokens`` tokens).
+        self_relevance: keep relevancy's starting identity (every token relevant to itself): off by default, so the
+            position read (the last prompt token at step 1, the mask of an encoder) is not ranked first for being
+            itself, as Chefer et al. drop the [CLS] token's own entry.
         score: what relevancy differentiates: ``"logprob"`` (default), ``"logit"`` (Chefer et al.'s choice) or
             ``"prob"``. On 100 reversal examples (zoo:t5) the log-probability separates the perturbation orders better
             (areas 0.27 / 0.52 most / least relevant first, vs 0.31 / 0.49 with the logit; random order 0.39).
@@ -76,7 +80,8 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
                                 step_batch=step_batch)
         positions, valid, source_lengths, rows, step_ids = (steps.positions, steps.valid, steps.source_lengths,
                                                             steps.rows, steps.step_ids)
-    maps = {m: _maps(model, grads, m, positions, valid, source_lengths, receptive_field, flow_max_tokens) for m in methods}
+    maps = {m: _maps(model, grads, m, positions, valid, source_lengths, receptive_field, self_relevance, flow_max_tokens)
+            for m in methods}
     tok = model.tokenizer
 
     def names(ids: Sequence[int]) -> list[str]:
@@ -103,7 +108,8 @@ def _stack(grads: Any, kind: str, stack: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _maps(model: Model, grads: Any, method: str, positions: torch.Tensor, valid: torch.Tensor,
-          source_lengths: torch.Tensor, receptive_field: bool, flow_max_tokens: int) -> dict[str, torch.Tensor]:
+          source_lengths: torch.Tensor, receptive_field: bool, self_relevance: bool,
+          flow_max_tokens: int) -> dict[str, torch.Tensor]:
     """``{"source": [B, T, N], "prefix": [B, T, M]}`` for one method (zeros where a step or token does not exist)."""
     B, T = valid.shape
     n_max = int(source_lengths.max())
@@ -116,6 +122,8 @@ def _maps(model: Model, grads: Any, method: str, positions: torch.Tensor, valid:
                                               [gradient_weighted(a, g) for a, g in zip(dec, dec_g)],
                                               [gradient_weighted(a, g) for a, g in zip(cross, cross_g)])
             steps = torch.arange(T)
+            if not self_relevance:
+                r_qq = r_qq - torch.eye(r_qq.shape[-1])
             source, prefix = r_qi[:, steps, steps], r_qq[:, steps, steps]  # row t of step t's maps: [B, T, N], [B, T, M]
         else:  # rollout: one map for all steps
             r_qi = encoder_decoder_rollout(enc, dec, cross[-1])
@@ -126,6 +134,8 @@ def _maps(model: Model, grads: Any, method: str, positions: torch.Tensor, valid:
     b_idx, t_idx = torch.arange(B)[:, None], torch.arange(T)[None, :]
     if method == "relevancy":  # step t's own R [B, T, S, S], read at its row p_t
         r = self_attention_rule([gradient_weighted(a, g) for a, g in zip(pattern, grad)])
+        if not self_relevance:
+            r = r - torch.eye(r.shape[-1])
         full = r[b_idx, t_idx, positions]
     elif method == "rollout":  # one R [B, S, S] for all steps
         full = rollout(pattern, receptive_field=receptive_field)[b_idx, positions]

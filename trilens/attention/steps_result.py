@@ -131,8 +131,9 @@ class AttentionStepsResult(Result):
             series["uniform attention"] = self.baseline.nanmean(0)
             dash["uniform attention"] = "dot"
         steps = list(range(1, self.n_steps + 1))
-        return curves(steps, series, bands=bands, dash=dash, x_title="generation step t", y_title=name,
-                      title=f"{TITLES.get(name, name)} — {self.info.get('model', '')} (after Fu et al. 2023)")
+        fig = curves(steps, series, bands=bands, dash=dash, x_title="generation step t", y_title=name,
+                     title=f"{TITLES.get(name, name)} — {self.info.get('model', '')} (after Fu et al. 2023)")
+        return fig.update_xaxes(tick0=1, dtick=max(1, round(self.n_steps / 12)))  # whole steps
 
     def grid_figure(self, name: str | None = None):
         """Layer x head grid of the metric's mean over sequences and steps."""
