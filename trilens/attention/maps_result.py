@@ -78,7 +78,8 @@ class RelevancyResult(Result):
         steps = self.step_tokens[sequence][: m.shape[0]]
         tokens = (self.source_tokens if part == "source" else self.prefix_tokens)[sequence]
         return attention_pattern(m, steps, tokens, title=f"{TITLES.get(method, method)} — {self.info.get('model', '')}",
-                                 query_title="output step (0 = the first)", key_title=f"{part} token")
+                                 query_title="output step (0 = the first)", key_title=f"{part} token",
+                                 value_title="relevance" if method == "relevancy" else "share")
 
     def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors = {f"{m}/{part}": t for m, parts in self.maps.items() for part, t in parts.items()}

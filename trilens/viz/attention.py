@@ -21,15 +21,17 @@ def attention_pattern(
     query_title: str = "query (attends from)",
     key_title: str = "key (attends to)",
     difference: bool = False,
+    value_title: str | None = None,
 ) -> Any:
     """Heatmap of one attention pattern ``[query, key]`` (one head, or a mean over heads), rows = queries;
-    ``difference=True`` for a difference of two patterns (a diverging scale centred on 0)."""
+    ``difference=True`` for a difference of two patterns (a diverging scale centred on 0); ``value_title`` names the
+    values (colour bar and hover) where they are not attention weights (relevancy, say)."""
     import plotly.graph_objects as go
 
     z = as_array(pattern, 2, "an attention pattern")
     q, k = token_labels(query_tokens, z.shape[0], "query"), token_labels(key_tokens, z.shape[1], "key")
     scale = {"colorscale": "RdBu", "zmid": 0.0} if difference else {"colorscale": "Blues", "zmin": 0.0}
-    name = "difference" if difference else "weight"
+    name = value_title or ("difference" if difference else "weight")
     fig = go.Figure(go.Heatmap(z=z, x=k, y=q, colorbar={"title": name}, **scale,
                                hovertemplate="query %{y}<br>key %{x}<br>" + name + " %{z:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")  # first query on top, as the sequence reads
