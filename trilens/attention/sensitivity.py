@@ -44,19 +44,22 @@ def view_sites(model: Model) -> dict[str, list[str]]:
     return {"attention": cross, "residual": residual}
 
 
-def _basis(start_pos: int, n_src: int, length: int, d: int):
+def _basis(length: int, d: int):
+    """Directions ``a .. b - 1`` of the source's basis: coordinate i is token i // d, dimension i % d (the source is
+    the first tokens of its stack)."""
     def make(a: int, b: int) -> torch.Tensor:
         u = torch.zeros(b - a, length, d)
         i = torch.arange(a, b)
-        u[torch.arange(b - a), start_pos + i // d, i % d] = 1
+        u[torch.arange(b - a), i // d, i % d] = 1
         return u
     return make
 
 
-def _gaussian(start_pos: int, n_src: int, length: int, d: int, generator: torch.Generator):
+def _gaussian(n_src: int, length: int, d: int, generator: torch.Generator):
+    """Standard normal directions over the source's ``n_src`` tokens (zero elsewhere)."""
     def make(a: int, b: int) -> torch.Tensor:
         u = torch.zeros(b - a, length, d)
-        u[:, start_pos:start_pos + n_src] = torch.randn(b - a, n_src, d, generator=generator)
+        u[:, :n_src] = torch.randn(b - a, n_src, d, generator=generator)
         return u
     return make
 
@@ -81,7 +84,7 @@ def source_sensitivity(model: Model, steps: StepInputs, *, method: str = "auto",
         n_src, n_steps = int(steps.source_lengths[b]), int(steps.valid[b].sum())
         length = batch.ids[steps.source_stack].shape[1]
         exact = method == "exact" or (method == "auto" and n_src * d <= EXACT_DIRECTIONS)
-        make = _basis(0, n_src, length, d) if exact else _gaussian(0, n_src, length, d, generator)
+        make = _basis(length, d) if exact else _gaussian(n_src, length, d, generator)
         k = n_src * d if exact else probes
         at = steps.positions[b, :n_steps].to(model.device)
         squares = directional_derivatives(model, batch, steps.source_stack, make, k, names,
