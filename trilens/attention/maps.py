@@ -72,6 +72,7 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         source_lengths = grads.masks["encoder"].sum(1)
         rows: list[Any] = [ids[: int(n)].tolist() for ids, n in zip(grads.ids["encoder"], source_lengths)]
         step_ids = grads.scored["tokens"]
+        generated = targets is None
     else:
         steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
             model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
@@ -80,6 +81,7 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
                                 step_batch=step_batch)
         positions, valid, source_lengths, rows, step_ids = (steps.positions, steps.valid, steps.source_lengths,
                                                             steps.rows, steps.step_ids)
+        generated = steps.generated
     maps = {m: _maps(model, grads, m, positions, valid, source_lengths, receptive_field, self_relevance, flow_max_tokens)
             for m in methods}
     tok = model.tokenizer
@@ -95,7 +97,8 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         prefixes = [names(r[int(n):]) for r, n in zip(rows, source_lengths)] if model.family == "decoder" else [[] for _ in rows]
     steps_tokens = [names([i for i in row if i >= 0]) for row in step_ids.tolist()]
     params = {"methods": methods, "score": score, "max_new_tokens": max_new_tokens, "receptive_field": receptive_field,
-              "targets": "generated" if targets is None else "given", "step_batch": step_batch}
+              "self_relevance": self_relevance, "flow_max_tokens": flow_max_tokens, "step_batch": step_batch,
+              "targets": "generated" if generated else "given"}
     return RelevancyResult(maps=maps, valid=valid, source_tokens=sources, prefix_tokens=prefixes, step_tokens=steps_tokens,
                            family=model.family, info=provenance(model, "relevancy_maps", params, len(rows)))
 
