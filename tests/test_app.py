@@ -225,3 +225,10 @@ def test_attention_over_steps_plots_the_results_of_the_library(monkeypatch, mode
     at.selectbox(key="map_method").set_value("rollout").run()
     at.radio(key="map_part").set_value("prefix").run()
     assert not at.exception and "rollout" in chart(at, "steps-map").layout.title.text
+
+
+def test_attention_over_steps_without_a_trained_head_shows_rollout_and_flow(monkeypatch, tiny_path):
+    at = start(monkeypatch, str(tiny_path("bert_headless")), tab="Attention over steps")
+    assert not at.error and "does not generate" in messages(at)
+    assert at.selectbox(key="map_method").options == ["rollout", "flow"]
+    assert "rollout" in chart(at, "steps-map").layout.title.text

@@ -6,7 +6,7 @@ import torch
 
 import trilens
 from trilens import TokenScore
-from trilens.attention import RelevancyResult, relevancy_maps
+from trilens.attention import RelevancyResult, relevancy_maps, rollout
 from trilens.attention.perturbation import area, perturbation_curve
 from trilens.attention.steps_input import step_inputs
 from trilens.errors import InputError
@@ -83,6 +83,9 @@ def test_encoder_relevancy_reads_the_mask_row(tiny):
     assert result.valid.shape == (1, 1) and result.map("flow").shape == (1, 8)
     assert torch.allclose(result.map("flow").sum(), torch.tensor(1.0), atol=1e-5)
     assert result.step_tokens[0] == [model.tokenizer.convert_ids_to_tokens(int(one.scored["tokens"][0, 0]))]
+    cls = relevancy_maps(model, ["the cat sat on the mat"], methods=("rollout",), position=0)  # no mask: read [CLS]
+    trace = model.trace(["the cat sat on the mat"], sites="attn_pattern")
+    assert torch.allclose(cls.map("rollout")[0], rollout(trace.stack("attn_pattern", "encoder"))[0, 0], atol=1e-5)
 
 
 def test_result_round_trip_figure_and_top_tokens(tiny, tmp_path):
@@ -108,6 +111,11 @@ def test_bad_inputs_give_clear_errors(tiny):
         relevancy_maps(tiny("gpt2"), ["the cat"], methods=("saliency",))
     with pytest.raises(InputError, match="flow runs on one stack"):
         relevancy_maps(tiny("t5"), [("the cat", "a dog")], methods=("flow",))
+    with pytest.raises(InputError, match="no trained LM head, so relevancy"):
+        relevancy_maps(tiny("bert_headless"), ["the cat [MASK]"])
+    assert relevancy_maps(tiny("bert_headless"), ["the cat [MASK]"], methods=("rollout",)).methods == ["rollout"]
+    with pytest.raises(InputError, match="position= is for encoder-only models"):
+        relevancy_maps(tiny("gpt2"), ["the cat"], ["sat"], position=0)
     with pytest.raises(InputError, match="no mask token"):
         relevancy_maps(tiny("bert"), ["the cat sat"])
     with pytest.raises(InputError, match="capped at 4 tokens"):

@@ -33,7 +33,9 @@ def steps_view(model: Model, prep: Prepared) -> StepsView:
     """Per-step metrics (decoder-only: the model continues the text; encoder-decoder: the given or generated target)
     and the maps of the same steps; an encoder's maps are read at its mask."""
     if model.family == "encoder":
-        return StepsView(None, relevancy_maps(model, [prep.model_input], methods=_methods(model, prep)))
+        mask = getattr(model.tokenizer, "mask_token", None)
+        at = None if mask and mask in prep.model_input else 0  # no mask: read the first token ([CLS])
+        return StepsView(None, relevancy_maps(model, [prep.model_input], methods=_methods(model, prep), position=at))
     inputs: Any = [prep.model_input]
     new = GENERATED_TARGET_TOKENS
     if model.family == "decoder" and model.max_length is not None:  # the continuation must fit the context
@@ -48,7 +50,8 @@ def steps_view(model: Model, prep: Prepared) -> StepsView:
 
 
 def _methods(model: Model, prep: Prepared, length: int | None = None) -> tuple[str, ...]:
-    """Relevancy and rollout, and flow where it applies (one stack, within its token cap)."""
+    """Relevancy (where a trained head gives a score to differentiate), rollout, and flow where it applies (one
+    stack, within its token cap)."""
     n = length if length is not None else max(prep.n_tokens.values())
     flow = model.family != "encoder-decoder" and n <= MAX_FLOW_TOKENS
-    return ("relevancy", "rollout", "flow") if flow else ("relevancy", "rollout")
+    return (("relevancy",) if model.has_trained_head else ()) + ("rollout",) + (("flow",) if flow else ())

@@ -33,6 +33,9 @@ def _check_methods(model: Model, methods: Sequence[str]) -> list[str]:
     bad = [m for m in methods if m not in MAP_METHODS]
     if bad or not methods:
         raise InputError(f"unknown map method {bad[0] if bad else None!r}; choose from {', '.join(MAP_METHODS)}.")
+    if "relevancy" in methods and not model.has_trained_head:
+        raise InputError(f"{model.name} has no trained LM head, so relevancy has no predicted token's score to "
+                         "differentiate; rollout and flow need none: methods=('rollout', 'flow').")
     if "flow" in methods and model.family == "encoder-decoder":
         raise InputError("attention flow runs on one stack's layered graph; an encoder-decoder's source map needs the "
                          "cross-attention between stacks: use relevancy or rollout (or attention_flow on the encoder's "
@@ -43,7 +46,7 @@ def _check_methods(model: Model, methods: Sequence[str]) -> list[str]:
 def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = None, *,
                    methods: Sequence[str] = ("relevancy", "rollout"), max_new_tokens: int = 20, score: str = "logprob",
                    receptive_field: bool = False, self_relevance: bool = False, flow_max_tokens: int = MAX_FLOW_TOKENS,
-                   step_batch: int | None = None,
+                   step_batch: int | None = None, position: Any = None,
                    truncate: bool = False, **generate_kwargs: Any) -> RelevancyResult:
     """Per input and target step: how relevant each source (and prefix) token is to the step's token.
 
@@ -58,6 +61,8 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         self_relevance: keep relevancy's starting identity (every token relevant to itself): off by default, so the
             position read (the last prompt token at step 1, the mask of an encoder) is not ranked first for being
             itself, as Chefer et al. drop the [CLS] token's own entry.
+        position: encoder-only: the position read (relative to each input's tokens, 0 first, or one per input);
+            default its mask token.
         score: what relevancy differentiates: ``"logprob"`` (default), ``"logit"`` (Chefer et al.'s choice) or
             ``"prob"``. On 100 reversal examples (zoo:t5) the log-probability separates the perturbation orders better
             (areas 0.27 / 0.52 most / least relevant first, vs 0.31 / 0.49 with the logit; random order 0.39).
@@ -66,7 +71,7 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
     kinds = ["attn_pattern"] + (["cross_attn_pattern"] if model.family == "encoder-decoder" else [])
     if model.family == "encoder":
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        objective = TokenScore(token=targets, score=score)
+        objective = TokenScore(token=targets, position=position, score=score)
         grads = model.gradients(texts, objective, sites=kinds, embeddings=False, truncate=truncate)
         positions, valid = grads.scored["positions"], grads.valid
         source_lengths = grads.masks["encoder"].sum(1)
@@ -74,6 +79,8 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         step_ids = grads.scored["tokens"]
         generated = targets is None
     else:
+        if position is not None:
+            raise InputError("position= is for encoder-only models; a generating model's maps are read at each step.")
         steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
             model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
         start = steps.source_lengths.tolist() if model.family == "decoder" else None

@@ -21,7 +21,7 @@ def steps_panel(source: str, inp: AppInput, family: str) -> None:
             view = state.steps(source, inp.text, inp.target)
         if view.steps is None:
             st.info("An encoder-only model does not generate, so it has no steps to follow; below is where its "
-                    "prediction at the mask comes from.")
+                    "prediction at the mask comes from (at the first token where the text has no mask).")
         else:
             _curves(view.steps, prep.target_generated or family == "decoder")
         _maps(view.maps, family)
