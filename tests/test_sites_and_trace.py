@@ -22,6 +22,22 @@ def test_sites_filter_by_stack_layer_and_kind(tiny):
     assert tiny("bert").sites(kind="resid_pre", layer=0) == ["blocks.0.hook_resid_pre"]
 
 
+@pytest.mark.parametrize("name", ["t5", "bart", "marian", "pegasus"])
+def test_cross_attention_output_is_a_kind_on_every_encoder_decoder(tiny, name):
+    """T5's bridge has a block-level hook for it; BART-like bridges only the cross-attention module's own output hook,
+    which is then the kind (on T5 the two are the same tensor)."""
+    model = tiny(name)
+    names = model.sites(kind="cross_attn_out")
+    assert len(names) == 2 and all(model.site_index.site(n).stack == "decoder" for n in names)
+    cache = model.trace([("the cat", "a dog")], sites=["cross_attn_out", "cross_attn.hook_out"] if name == "t5"
+                        else "cross_attn_out")
+    if name == "t5":
+        assert torch.equal(cache["decoder_blocks.1.hook_cross_attn_out"], cache["decoder_blocks.1.cross_attn.hook_out"])
+    else:
+        assert names == ["decoder_blocks.0.cross_attn.hook_out", "decoder_blocks.1.cross_attn.hook_out"]
+        assert cache["cross_attn_out", 1].shape == (1, 3, 32)
+
+
 def test_misspelt_site_suggests_the_closest(tiny):
     model = tiny("gpt2")
     with pytest.raises(SiteError, match="blocks.1.hook_resid_post"):

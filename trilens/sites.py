@@ -62,6 +62,12 @@ class SiteIndex:
         self._sites: dict[str, Site] = {}
         for name in hook_names:
             self._sites[name] = self._parse(name)
+        # Bridges without a block-level cross-attention output hook (BART, Marian, Pegasus): the cross-attention
+        # module's own output is that kind (on T5, which has both, they are the same tensor).
+        have = {(s.stack, s.layer) for s in self._sites.values() if s.kind == "cross_attn_out"}
+        for name, s in list(self._sites.items()):
+            if s.kind == "cross_attn.hook_out" and (s.stack, s.layer) not in have:
+                self._sites[name] = Site(name, s.stack, s.layer, "cross_attn_out")
         self.n_layers = {
             stack: 1 + max((s.layer for s in self._sites.values() if s.stack == stack and s.layer is not None), default=-1)
             for stack in STACK_PREFIXES[family]

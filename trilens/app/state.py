@@ -82,22 +82,26 @@ def prepared(source: str, text: str, target: str) -> Prepared:
     return _run(source, lambda m: prepare(m, AppInput(text, target)))
 
 
+def _on_input(source: str, text: str, target: str, fn: Callable[[Model, Prepared], T]) -> T:
+    """``fn(model, prepared input)`` under the model's lock."""
+    prep = prepared(source, text, target)
+    return _run(source, lambda m: fn(m, prep))
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def attention(source: str, text: str, target: str) -> AttentionMaps:
-    prep = prepared(source, text, target)
-    return _run(source, lambda m: attention_maps(m, prep))
+    return _on_input(source, text, target, attention_maps)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def lens(source: str, text: str, target: str, tuned_path: str = "") -> LensView:
-    prep = prepared(source, text, target)
-    return _run(source, lambda m: lens_view(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
+    return _on_input(source, text, target,
+                     lambda m, prep: lens_view(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def prediction(source: str, text: str, target: str) -> Prediction:
-    prep = prepared(source, text, target)
-    return _run(source, lambda m: predict(m, prep))
+    return _on_input(source, text, target, predict)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -114,8 +118,7 @@ def decoder_lens(source: str, text: str, reference: str) -> Any:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def steps(source: str, text: str, target: str) -> StepsView:
-    prep = prepared(source, text, target)
-    return _run(source, lambda m: steps_view(m, prep))
+    return _on_input(source, text, target, steps_view)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

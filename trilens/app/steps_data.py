@@ -45,8 +45,7 @@ def steps_view(model: Model, prep: Prepared) -> StepsView:
                              "generate. Shorten it.")
     steps = step_inputs(model, inputs, max_new_tokens=new)
     result = attention_steps(model, steps, sensitivity="estimate", probes=SENSITIVITY_PROBES)
-    length = int(steps.batch.masks["decoder"][0].sum())
-    return StepsView(result, relevancy_maps(model, steps, methods=_methods(model, prep, length)))
+    return StepsView(result, relevancy_maps(model, steps, methods=_methods(model, prep, len(steps.rows[0]))))
 
 
 def _methods(model: Model, prep: Prepared, length: int | None = None) -> tuple[str, ...]:

@@ -56,18 +56,20 @@ class RelevancyResult(Result):
 
     def to_frame(self):
         """One row per (method, sequence, step, part, position) of real steps and tokens."""
+        import numpy as np
         import pandas as pd
 
-        rows = []
+        frames = []
         for method in self.maps:
             for b in range(self.valid.shape[0]):
                 for part, tokens in (("source", self.source_tokens[b]), ("prefix", self.prefix_tokens[b])):
                     m = self.map(method, b, part)
-                    for t in range(m.shape[0]):
-                        for j in range(m.shape[1]):
-                            rows.append({"method": method, "sequence": b, "step": t + 1, "step_token": self.step_tokens[b][t],
-                                         "part": part, "position": j, "token": tokens[j], "value": float(m[t, j])})
-        return pd.DataFrame(rows)
+                    steps, cols = np.divmod(np.arange(m.numel()), m.shape[1])
+                    frames.append(pd.DataFrame({
+                        "method": method, "sequence": b, "step": steps + 1,
+                        "step_token": np.asarray(self.step_tokens[b][: m.shape[0]], dtype=object)[steps], "part": part,
+                        "position": cols, "token": np.asarray(tokens, dtype=object)[cols], "value": m.flatten().numpy()}))
+        return pd.concat(frames, ignore_index=True)
 
     def figure(self, method: str | None = None, *, sequence: int = 0, part: str = "source"):
         """Heatmap: generated (or target) steps x source tokens (``part="prefix"``: x the prefix)."""

@@ -56,15 +56,15 @@ def perturbation_curve(model: Model, steps: StepInputs, source_maps: torch.Tenso
                 src[j] = fill
             rows.append((src, row[1]) if isinstance(row, tuple) else src + list(row[n:]))
             jobs.append((b, t, f))
+    b, t, f_index = torch.tensor(jobs).T
+    positions, tokens = steps.positions[b, t], steps.step_ids[b, t]
     probs = torch.zeros(len(jobs))
     for start in tqdm(range(0, len(rows), batch_size), desc="perturbation", disable=not progress, unit="batch"):
         chunk = slice(start, start + batch_size)
         with torch.inference_mode():
             logits = model.run(rows[chunk]).float()
-        for i, (b, t, _) in enumerate(jobs[chunk]):
-            p = int(steps.positions[b, t])
-            probs[start + i] = logits[i, p].softmax(-1)[int(steps.step_ids[b, t])]
-    f_index = torch.tensor([f for _, _, f in jobs])
+        at = logits[torch.arange(logits.shape[0]), positions[chunk].to(logits.device)].log_softmax(-1)
+        probs[chunk] = at.gather(1, tokens[chunk, None].to(at.device))[:, 0].exp().cpu()
     return torch.stack([probs[f_index == f].mean() for f in range(len(fractions))])
 
 

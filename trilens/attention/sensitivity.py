@@ -32,16 +32,9 @@ def view_sites(model: Model) -> dict[str, list[str]]:
     """Per view, the decoder's hook names by layer: the attention output that reads the source (self-attention in a
     decoder-only model, cross-attention in an encoder-decoder) and the residual stream after each block."""
     layers = range(model.n_layers["decoder"])
-    residual = [model.site("resid_post", layer, "decoder") for layer in layers]
-    if model.family == "decoder":
-        return {"attention": [model.site("attn_out", layer, "decoder") for layer in layers], "residual": residual}
-    if "cross_attn_out" in model.site_index.kinds:
-        return {"attention": [model.site("cross_attn_out", layer, "decoder") for layer in layers], "residual": residual}
-    # bridges without the canonical kind (BART, Marian, Pegasus): the cross-attention module's own output hook
-    cross = [name.replace("hook_resid_post", "cross_attn.hook_out") for name in residual]
-    for name in cross:
-        model.site_index.site(name)
-    return {"attention": cross, "residual": residual}
+    attn = "attn_out" if model.family == "decoder" else "cross_attn_out"
+    return {"attention": [model.site(attn, layer, "decoder") for layer in layers],
+            "residual": [model.site("resid_post", layer, "decoder") for layer in layers]}
 
 
 def _basis(length: int, d: int):

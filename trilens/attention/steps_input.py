@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..inputs import Batch
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -24,7 +23,6 @@ class StepInputs:
     last prompt token predicts step 1 in a decoder-only sequence (p = N + t - 2 for 1-based t), the start token does in an
     encoder-decoder's decoder. ``rows`` holds each input unpadded, for passes over one input at a time."""
 
-    batch: Batch
     rows: list[Any]
     source_stack: str
     source_lengths: torch.Tensor  # [B]
@@ -89,7 +87,8 @@ def step_inputs(model: Model, inputs: Any, targets: Sequence[str] | None = None,
     elif model.family == "decoder":  # texts continue their prompt; token ids are taken as they are
         steps = [_continuation(model, p, t) if isinstance(t, str) else [int(i) for i in t] for p, t in zip(prompts, targets)]
     else:
-        steps = [model.encode([(items[b], targets[b])]).labels[0].clamp_min(0).tolist() for b in range(len(items))]
+        labels = model.encode(list(zip(items, targets))).labels
+        steps = [row[row >= 0].tolist() for row in labels]
     if any(not s for s in steps):
         raise InputError("an input has no generation steps (the target tokenizes to nothing).")
     lengths = torch.tensor([len(p) for p in prompts])
@@ -105,7 +104,7 @@ def step_inputs(model: Model, inputs: Any, targets: Sequence[str] | None = None,
     else:
         rows = [(p, s) for p, s in zip(prompts, steps)]
         positions = t.expand(len(rows), -1)
-    batch = model.encode(rows)  # a source and its steps too long for the model fail here, never cut
-    return StepInputs(batch=batch, rows=rows, source_stack="decoder" if model.family == "decoder" else "encoder",
+    model.encode(rows)  # a source and its steps too long for the model fail here, never cut
+    return StepInputs(rows=rows, source_stack="decoder" if model.family == "decoder" else "encoder",
                       source_lengths=lengths, positions=torch.where(valid, positions, 0), valid=valid,
                       step_ids=step_ids, generated=targets is None)

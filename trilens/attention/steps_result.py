@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -91,6 +92,17 @@ class AttentionStepsResult(Result):
         var = ((v - mean[:, None]).pow(2).nan_to_num(0).sum(1) / (n - 1).clamp_min(1))
         return {"mean": mean, "se": (var / n.clamp_min(1)).sqrt().masked_fill(n < 2, 0.0), "n": n}
 
+    def step_table(self, steps: Sequence[int]):
+        """Per metric, the mean over sequences, layers and heads at ``steps`` (1-based; those beyond the longest
+        sequence left out), and the uniform baseline where there is one."""
+        import pandas as pd
+
+        shown = [t for t in steps if 1 <= t <= self.n_steps]
+        means = {name: self.curve(name, by="all")["mean"][0] for name in self.names}
+        if self.baseline is not None:
+            means["uniform baseline"] = self.baseline.nanmean(0)
+        return pd.DataFrame([{"metric": name, **{f"t={t}": float(m[t - 1]) for t in shown}} for name, m in means.items()])
+
     def grid(self, name: str) -> torch.Tensor:
         """``[layer, head]``: the metric's mean over sequences and steps."""
         return self.values(name).nanmean((1, 3))
@@ -173,8 +185,5 @@ class AttentionStepsResult(Result):
                 f"{self.n_layers} decoder layers; {', '.join(self.names)})")
 
     def _table_html(self) -> str:
-        import pandas as pd
-
-        rows = [{"metric": n, **{f"t={t}": float(self.curve(n, by="all")["mean"][0, t - 1])
-                                 for t in sorted({1, max(1, self.n_steps // 2), self.n_steps})}} for n in self.names]
-        return pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.3f}")
+        table = self.step_table(sorted({1, max(1, self.n_steps // 2), self.n_steps}))
+        return table.to_html(index=False, float_format=lambda v: f"{v:.3f}")

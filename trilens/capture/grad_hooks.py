@@ -42,36 +42,46 @@ def embedding_modules(model: Model) -> dict[str, torch.nn.Module]:
 
 
 @contextmanager
-def input_embeddings(model: Model) -> Iterator[dict[str, torch.Tensor]]:
-    """Yields ``{stack: token embeddings}`` filled during the forward: the output of each stack's token-embedding
-    module, made a leaf of the autograd graph so every activation after it has a gradient path.
-
-    A module shared by both stacks of an encoder-decoder is called by the encoder first, then by the decoder.
-    """
-    captured: dict[str, torch.Tensor] = {}
+def embedding_calls(model: Model, on_call: Callable[[str, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """During the block, each call of a stack's token-embedding module passes ``(stack, output)`` to ``on_call``; what
+    it returns (unless None) replaces the output. A module shared by both stacks of an encoder-decoder is called by
+    the encoder first, then by the decoder."""
     by_module: dict[int, tuple[torch.nn.Module, list[str]]] = {}
     for stack, module in embedding_modules(model).items():
         by_module.setdefault(id(module), (module, []))[1].append(stack)
 
     def make_hook(stacks: list[str]) -> Callable:
-        def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-            pending = [s for s in stacks if s not in captured]
-            if not pending:
+        calls = [0]
+
+        def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
+            if calls[0] >= len(stacks):
                 raise TrilensError("the token embedding was called more often than this model's stacks: trilens cannot "
                                    "tell which call embeds which input; please report the architecture.")
-            if not out.requires_grad:
-                out = out.detach().requires_grad_()
-            captured[pending[0]] = out
-            return out
+            calls[0] += 1
+            return on_call(stacks[calls[0] - 1], out)
 
         return hook
 
     handles = [module.register_forward_hook(make_hook(stacks)) for module, stacks in by_module.values()]
     try:
-        yield captured
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def input_embeddings(model: Model) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``{stack: token embeddings}`` filled during the forward: the output of each stack's token-embedding
+    module, made a leaf of the autograd graph so every activation after it has a gradient path."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def leaf(stack: str, out: torch.Tensor) -> torch.Tensor:
+        captured[stack] = out if out.requires_grad else out.detach().requires_grad_()
+        return captured[stack]
+
+    with embedding_calls(model, leaf):
+        yield captured
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import TrilensError
 from ..inputs import Batch
-from .grad_hooks import embedding_modules
+from .grad_hooks import embedding_calls, embedding_modules
 from .trace import require_fired
 
 if TYPE_CHECKING:
@@ -32,27 +32,16 @@ class _Enough(Exception):
 @contextmanager
 def replaced_embeddings(model: Model, stack: str, value: torch.Tensor) -> Iterator[None]:
     """During the block, ``stack``'s token embeddings are ``value`` (same shape); every other stack's are the model's
-    own. A module shared by both stacks of an encoder-decoder is called by the encoder first."""
-    modules = embedding_modules(model)
-    stacks_of = [s for s, m in modules.items() if m is modules[stack]]
-    calls = [0]
-
-    def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
-        calls[0] += 1
-        if calls[0] > len(stacks_of):
-            raise TrilensError("the token embedding was called more often than this model's stacks: trilens cannot tell "
-                               "which call embeds which input; please report the architecture.")
-        if stacks_of[calls[0] - 1] != stack:
+    own."""
+    def swap(called: str, out: torch.Tensor) -> torch.Tensor | None:
+        if called != stack:
             return None
         if out.shape != value.shape:
             raise TrilensError(f"the {stack} embeddings have shape {tuple(out.shape)}, the direction {tuple(value.shape)}.")
         return value
 
-    handle = modules[stack].register_forward_hook(hook)
-    try:
+    with embedding_calls(model, swap):
         yield
-    finally:
-        handle.remove()
 
 
 def directional_derivatives(model: Model, batch: Batch, stack: str, directions: Callable[[int, int], torch.Tensor],

@@ -24,21 +24,6 @@ def _split(texts: list[Any]) -> tuple[list[Any], list[str] | None]:
     return [s for s, _ in texts], [t for _, t in texts]
 
 
-def step_table(result: Any) -> str:
-    """Per metric, the mean over sequences, layers and heads at a few steps."""
-    import pandas as pd
-
-    shown = [t for t in TABLE_STEPS if t <= result.n_steps]
-    rows = []
-    for name in result.names:
-        mean = result.curve(name, by="all")["mean"][0]
-        rows.append({"metric": name, **{f"t={t}": float(mean[t - 1]) for t in shown}})
-    if result.baseline is not None:
-        base = result.baseline.nanmean(0)
-        rows.append({"metric": "uniform baseline", **{f"t={t}": float(base[t - 1]) for t in shown}})
-    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}")
-
-
 def cmd_attention_steps(args: argparse.Namespace) -> int:
     import trilens
 
@@ -52,7 +37,7 @@ def cmd_attention_steps(args: argparse.Namespace) -> int:
                              probes=args.probes, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     print(f"attention over generation steps — {model.name}, {len(inputs)} inputs, "
           f"{'generated' if targets is None else 'given'} targets (means over sequences, layers and heads):\n")
-    print(step_table(result))
+    print(result.step_table(TABLE_STEPS).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     out = result.save(args.out, figure=True)
     if "sensitivity" in result.names:
         write_html(result.figure("sensitivity"), out / "sensitivity.html")
