@@ -61,7 +61,7 @@ def load(name: str, quick: bool):
 
 
 def step_batch(model, steps: int):
-    from trilens.attention.steps_input import step_inputs
+    from trilens.capture.steps_input import step_inputs
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(10, model.vocab_size, (SOURCE + steps,), generator=g).tolist()
@@ -175,7 +175,7 @@ def naive(model, steps):
 
                 def f(src, name=name, p=p):
                     store = {}
-                    with replaced_embeddings(model, stack, torch.cat([src, embeds[:, SOURCE:]], 1)), \
+                    with replaced_embeddings(model, {stack: torch.cat([src, embeds[:, SOURCE:]], 1)}), \
                             model.hooks([(name, keep_hook(store, name))]):
                         model.hf_model(**batch.forward_kwargs())
                     return store[name][0, p]

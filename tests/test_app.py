@@ -205,7 +205,7 @@ def test_a_saved_tuned_lens_and_a_saved_probe_result_are_shown(monkeypatch, tmp_
 @pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
 def test_attention_over_steps_plots_the_results_of_the_library(monkeypatch, model):
     from trilens.attention import attention_steps, relevancy_maps
-    from trilens.attention.steps_input import step_inputs
+    from trilens.capture.steps_input import step_inputs
 
     at = start(monkeypatch, model, tab="Attention over steps")
     m = trilens.load(model)

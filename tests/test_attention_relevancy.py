@@ -8,7 +8,7 @@ import trilens
 from trilens import TokenScore
 from trilens.attention import RelevancyResult, relevancy_maps, rollout
 from trilens.attention.perturbation import area, perturbation_curve
-from trilens.attention.steps_input import step_inputs
+from trilens.capture.steps_input import step_inputs
 from trilens.errors import InputError
 
 

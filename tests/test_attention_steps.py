@@ -9,7 +9,7 @@ import torch
 import trilens
 from trilens.attention import AttentionStepsResult, attention_steps
 from trilens.attention.sensitivity import source_sensitivity, view_sites
-from trilens.attention.steps_input import step_inputs
+from trilens.capture.steps_input import step_inputs
 from trilens.capture.grad_hooks import frozen_weights, input_embeddings, keep_hook
 from trilens.errors import InputError
 
@@ -140,7 +140,7 @@ def test_sensitivity_agrees_with_finite_differences(tiny):
         outs = []
         for sign in (1, -1):
             store = {}
-            with torch.no_grad(), replaced_embeddings(model, "decoder", base + sign * eps * u[:1]), \
+            with torch.no_grad(), replaced_embeddings(model, {"decoder": base + sign * eps * u[:1]}), \
                     model.hooks([(site, keep_hook(store, site))]):
                 model.hf_model(**batch.forward_kwargs())
             outs.append(store[site])

@@ -13,7 +13,7 @@ import torch
 import trilens
 from trilens.attention import attention_steps, relevancy_maps
 from trilens.attention.perturbation import FRACTIONS, area, perturbation_curve
-from trilens.attention.steps_input import step_inputs
+from trilens.capture.steps_input import step_inputs
 from trilens.study import StudyContext
 from trilens.viz import curves
 from trilens.zoo import tasks as T

@@ -13,7 +13,7 @@ from ..attention import (
     relevancy_maps,
 )
 from ..attention.flow import MAX_FLOW_TOKENS
-from ..attention.steps_input import step_inputs
+from ..capture.steps_input import step_inputs
 from ..errors import InputError
 from .inputs import GENERATED_TARGET_TOKENS, Prepared
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..capture.objectives import StepScores, TokenScore
+from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
 from ..provenance import provenance
 from .flow import MAX_FLOW_TOKENS, attention_flow
 from .maps_result import RelevancyResult
 from .relevancy import encoder_decoder_rule, gradient_weighted, self_attention_rule
 from .rollout import encoder_decoder_rollout, rollout
-from .steps_input import StepInputs, step_inputs
 
 if TYPE_CHECKING:
     from ..model import Model

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..capture.steps_input import StepInputs
 from ..errors import InputError
-from .steps_input import StepInputs
 
 if TYPE_CHECKING:
     from ..model import Model

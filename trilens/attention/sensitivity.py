@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..capture.jvp import directional_derivatives
+from ..capture.steps_input import StepInputs
 from ..errors import InputError
-from .steps_input import StepInputs
 
 if TYPE_CHECKING:
     from ..model import Model

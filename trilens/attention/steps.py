@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
 from ..provenance import provenance
 from .sensitivity import source_sensitivity
 from .step_metrics import cross_step_metrics, self_step_metrics, uniform_source_mass
-from .steps_input import StepInputs, step_inputs
 from .steps_result import AttentionStepsResult
 
 if TYPE_CHECKING:

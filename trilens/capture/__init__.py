@@ -2,11 +2,11 @@
 
 from .cache import ActivationCache
 from .dataset import capture_dataset
-from .store import ActivationStore
 from .generation import Generation
 from .gradient_result import GradientResult
 from .interventions import AblateHeads, AblateNeurons, Hook, Intervention, Patch, Steer
 from .objectives import LogitFunction, Objective, StepScores, TokenScore
+from .store import ActivationStore
 
 __all__ = ["ActivationCache", "ActivationStore", "capture_dataset", "AblateHeads", "AblateNeurons", "Hook", "Intervention",
            "Patch", "Steer", "Generation", "GradientResult", "Objective", "TokenScore", "StepScores", "LogitFunction"]

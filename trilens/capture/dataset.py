@@ -26,8 +26,15 @@ from ..devices import as_dtype, dtype_name
 from ..errors import InputError, StoreError
 from ..provenance import model_fingerprint
 from ..sites import PATTERN_KINDS
+from .store import (
+    FORMAT,
+    ActivationStore,
+    merge,
+    sha256_file,
+    shard_name,
+    write_json_atomic,
+)
 from .trace import trace
-from .store import FORMAT, ActivationStore, merge, sha256_file, shard_name, write_json_atomic
 
 if TYPE_CHECKING:
     from ..model import Model

@@ -71,12 +71,35 @@ def embedding_calls(model: Model, on_call: Callable[[str, torch.Tensor], torch.T
 
 
 @contextmanager
-def input_embeddings(model: Model) -> Iterator[dict[str, torch.Tensor]]:
+def replaced_embeddings(model: Model, values: dict[str, torch.Tensor]) -> Iterator[None]:
+    """During the block, the token embeddings of each stack in ``values`` are ``values[stack]`` (same shape); every
+    other stack's are the model's own."""
+    def swap(called: str, out: torch.Tensor) -> torch.Tensor | None:
+        if called not in values:
+            return None
+        if out.shape != values[called].shape:
+            raise TrilensError(f"the {called} embeddings have shape {tuple(out.shape)}, the values given "
+                               f"{tuple(values[called].shape)}.")
+        return values[called]
+
+    with embedding_calls(model, swap):
+        yield
+
+
+@contextmanager
+def input_embeddings(model: Model, values: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Yields ``{stack: token embeddings}`` filled during the forward: the output of each stack's token-embedding
-    module, made a leaf of the autograd graph so every activation after it has a gradient path."""
+    module (or ``values[stack]`` in its place, same shape), made a leaf of the autograd graph so every activation after
+    it has a gradient path."""
     captured: dict[str, torch.Tensor] = {}
+    values = values or {}
 
     def leaf(stack: str, out: torch.Tensor) -> torch.Tensor:
+        if stack in values:
+            if values[stack].shape != out.shape:
+                raise TrilensError(f"the {stack} embeddings have shape {tuple(out.shape)}, the values given "
+                                   f"{tuple(values[stack].shape)}.")
+            out = values[stack].detach().to(out.dtype)
         captured[stack] = out if out.requires_grad else out.detach().requires_grad_()
         return captured[stack]
 

@@ -37,6 +37,7 @@ from .grad_hooks import (
 from .gradient_result import EMBED_KIND, GradientResult, embed_key
 from .interventions import Intervention, RunState
 from .objectives import (
+    GivenRows,
     LogitFunction,
     Objective,
     ScoredRows,
@@ -107,13 +108,27 @@ def gradients(
         "interventions": [type(i).__name__ for i in interventions], **objective.describe()})
 
 
+def embedding_step_gradients(model: Model, batch: Batch, rows: ScoredRows, embeds: dict[str, torch.Tensor], *,
+                             score: str = "logprob", step_batch: int | None = None
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per teacher-forced step, the score of ``rows`` (``[batch, step]``) and its gradient at each stack's token
+    embeddings (``{stack: [batch, step, position, d]}``), where the stacks in ``embeds`` read those embeddings
+    (``[batch, position, d]``) instead of their own: one forward pass, the steps' backward passes batched. What
+    captum's methods need from a forward function that scores every step at once."""
+    with torch.enable_grad():  # also where the caller runs without (inside a custom autograd Function's forward)
+        part = _one_pass(model, batch, GivenRows(rows, score), [], True, (), step_batch, None, embeds)
+    return part["values"], {s: part["grads"][embed_key(s)] for s in model.stacks}
+
+
 def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str], embeddings: bool,
-              interventions: Sequence[Intervention], step_batch: int | None, batch_rows: slice | None) -> dict[str, Any]:
-    """One forward pass and its backward passes over ``batch`` (rows ``batch_rows`` of the whole input)."""
+              interventions: Sequence[Intervention], step_batch: int | None, batch_rows: slice | None,
+              embeds_in: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """One forward pass and its backward passes over ``batch`` (rows ``batch_rows`` of the whole input); the stacks in
+    ``embeds_in`` read those token embeddings instead of their own."""
     store: dict[str, torch.Tensor] = {}
     hooks = intervention_hooks(model, interventions, RunState(masks=dict(batch.masks), rows=batch_rows))
     hooks += [(name, keep_hook(store, name)) for name in names]
-    with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model) as embeds, \
+    with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model, embeds_in) as embeds, \
             head_input(model) as head, model.hooks(hooks), linearized_activations(model, objective.per_step), \
             split_encoder(model, objective.per_step and step_batch != 1) as encoder:
         logits = model.hf_model(**batch.forward_kwargs()).logits
@@ -182,7 +197,7 @@ def _per_step(values: torch.Tensor, rows: ScoredRows, x: torch.Tensor | None, in
     source's positions only). Each input's gradient is the sum of its paths through the decoder and through the
     encoder's output."""
     n_rows, n_steps = values.shape
-    if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks["decoder"].shape[1]):
+    if x is not None and x.requires_grad and x.shape[:2] == (n_rows, batch.masks.get("decoder", batch.attention_mask).shape[1]):
         # every step's gradient at the head's input in one backward: step t lives on row p_t only
         (gx,) = torch.autograd.grad(values.sum(), x, retain_graph=True)
         source, positions = x, rows.positions.to(x.device)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import TrilensError
 from ..inputs import Batch
-from .grad_hooks import embedding_calls, embedding_modules
+from .grad_hooks import embedding_modules, replaced_embeddings
 from .trace import require_fired
 
 if TYPE_CHECKING:
@@ -27,21 +27,6 @@ ROWS_PER_FORWARD = 16384  # token positions (directions x sequence length) per b
 
 class _Enough(Exception):
     """Raised by the hook of the last site needed: the rest of the forward (the LM head) is skipped."""
-
-
-@contextmanager
-def replaced_embeddings(model: Model, stack: str, value: torch.Tensor) -> Iterator[None]:
-    """During the block, ``stack``'s token embeddings are ``value`` (same shape); every other stack's are the model's
-    own."""
-    def swap(called: str, out: torch.Tensor) -> torch.Tensor | None:
-        if called != stack:
-            return None
-        if out.shape != value.shape:
-            raise TrilensError(f"the {stack} embeddings have shape {tuple(out.shape)}, the direction {tuple(value.shape)}.")
-        return value
-
-    with embedding_calls(model, swap):
-        yield
 
 
 def directional_derivatives(model: Model, batch: Batch, stack: str, directions: Callable[[int, int], torch.Tensor],
@@ -73,7 +58,7 @@ def directional_derivatives(model: Model, batch: Batch, stack: str, directions: 
     def forward(e: torch.Tensor) -> tuple[torch.Tensor, ...]:
         store: dict[str, torch.Tensor] = {}
         try:
-            with replaced_embeddings(model, stack, e), _capturing(model, sites, store, last):
+            with replaced_embeddings(model, {stack: e}), _capturing(model, sites, store, last):
                 model.hf_model(**batch.forward_kwargs())
         except _Enough:
             pass

@@ -258,6 +258,27 @@ class StepScores(Objective):
 
 
 @dataclass
+class GivenRows(Objective):
+    """Per-step objectives at rows already resolved (positions, tokens, foils): the score of each ``rows`` column."""
+
+    rows: ScoredRows
+    score: str = "logprob"
+
+    per_step = True
+
+    def __post_init__(self) -> None:
+        _check_score(self.score)
+
+    def describe(self) -> dict[str, Any]:
+        return {"objective": "GivenRows", "score": self.score, "contrastive": self.rows.foils is not None}
+
+    def resolve(self, model: Model, batch: Batch, logits_at: Callable[[torch.Tensor], torch.Tensor]) -> ScoredRows:
+        if self.rows.positions.shape[0] != batch.input_ids.shape[0]:
+            raise InputError(f"{self.rows.positions.shape[0]} rows of scored steps for a batch of {batch.input_ids.shape[0]}.")
+        return self.rows
+
+
+@dataclass
 class LogitFunction(Objective):
     """Any function of the scored stack's logits ``[batch, position, vocab]`` (and the ``Batch``, if it takes two
     arguments) -> one value per input ``[batch]``. Gradients are of the sum over inputs."""

@@ -6,10 +6,11 @@ studies import plotly.
 """
 
 from .attention import attention, attention_pattern, head_grid
+from .attribution import attribution_map
 from .curves import curves
 from .heatmap import layer_heatmap
 from .html import figure_html, write_html
 from .tokens import token_heatmap
 
-__all__ = ["attention", "attention_pattern", "head_grid", "curves", "layer_heatmap", "token_heatmap", "figure_html",
+__all__ = ["attention", "attention_pattern", "head_grid", "attribution_map", "curves", "layer_heatmap", "token_heatmap", "figure_html",
            "write_html"]

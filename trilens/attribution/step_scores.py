@@ -1,0 +1,53 @@
+"""Scores per step beside the attributions: probability, log-probability, entropy, cross-entropy, rank, and the
+contrastive probability difference; read from one plain forward pass per batch of inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..capture.objectives import ScoredRows
+from .forward import head_rows
+
+if TYPE_CHECKING:
+    from ..model import Model
+    from .targets import AttributionSteps
+
+
+def step_scores(model: Model, steps: AttributionSteps, names: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """``{name: [input, step]}`` (0 where a step does not exist)."""
+    if not names:
+        return {}
+    s = steps.scored
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for start in range(0, len(steps.rows), batch_size):
+        rows = slice(start, start + batch_size)
+        batch = model.encode(steps.rows[rows]).to(model.device)
+        with torch.inference_mode(), head_rows(model, s.positions[rows]):
+            logits = model.hf_model(**batch.forward_kwargs()).logits.float().cpu()
+        one = ScoredRows(s.positions[rows], s.tokens[rows], None if s.foils is None else s.foils[rows], s.valid[rows])
+        for name, value in _scores(logits, one, names).items():
+            out[name].append(value.masked_fill(~one.valid, 0.0))
+    return {name: torch.cat(v) for name, v in out.items()}
+
+
+def _scores(logits: torch.Tensor, rows: ScoredRows, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    logp = logits.log_softmax(-1)
+    token = logp.gather(-1, rows.tokens[..., None])[..., 0]
+    found = {}
+    for name in names:
+        if name == "probability":
+            found[name] = token.exp()
+        elif name == "logprob":
+            found[name] = token
+        elif name == "cross_entropy":
+            found[name] = -token
+        elif name == "entropy":
+            found[name] = -(logp.exp() * logp).sum(-1)
+        elif name == "rank":
+            found[name] = (logits > logits.gather(-1, rows.tokens[..., None])).sum(-1).float()
+        elif name == "contrast_prob_diff":
+            found[name] = token.exp() - logp.gather(-1, rows.foils[..., None])[..., 0].exp()
+    return found
