@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from trilens import ActivationStore
 from trilens.cli import main
 
@@ -136,3 +138,26 @@ def test_attention_relevancy_command(tiny_path, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"figure.html", "rollout.html", "flow.html"}
     assert main(["attention", "relevancy", str(tiny_path("t5")), "the cat", "--methods", "flow"]) == 2
     assert "flow runs on one stack" in capsys.readouterr().err
+
+
+def test_attribute_command(tiny_path, tmp_path, capsys):
+    from trilens import load_result
+
+    out = tmp_path / "attr"
+    assert main(["attribute", str(tiny_path("gpt2")), "the cat sat", "--target", "on the mat", "--method", "ig",
+                 "--n-steps", "8", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "integrated_gradients attributions" in printed and "1:on" in printed and "3:mat" in printed
+    assert "src 0:the" in printed and "tgt 1:the" in printed and "[convergence delta]" in printed
+    result = load_result(out)
+    assert result.method == "integrated_gradients" and result.step_tokens == [["on", "the", "mat"]]
+    assert {p.name for p in out.iterdir()} >= {"figure.html", "result.json"}
+    assert main(["attribute", str(tiny_path("t5")), "the cat", "--target", "sat on", "--contrast", "a dog",
+                 "--no-progress"]) == 0
+    assert "contrastive" in capsys.readouterr().out
+    assert main(["attribute", str(tiny_path("t5")), "the cat", "--target", "sat on", "--contrast", "a dog ran",
+                 "--no-progress"]) == 2
+    assert "needs one foil per step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attribute", str(tiny_path("gpt2")), "the cat", "--method", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
