@@ -7,6 +7,7 @@ import json
 import numpy as np
 import plotly.io as pio
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import trilens
@@ -15,7 +16,7 @@ from trilens.app.attention_data import attention_maps
 from trilens.app.inputs import prepare
 from trilens.app.state import DEFAULT_INPUTS, LOCAL
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Lens", "Decoder lens", "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Lens", "Decoder lens", "Probes", "Compare")
 TIMEOUT = 180
 
 
@@ -64,6 +65,8 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
             assert "does not generate" in messages(at)
         else:
             assert "steps-curves" in _chart_ids(at)
+    elif tab == "Attribution":
+        assert "attr-map" in _chart_ids(at) and at.dataframe
     elif tab == "Lens":
         assert "lens-heatmap" in _chart_ids(at)
     elif tab == "Decoder lens":
@@ -77,7 +80,7 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
         assert "second input" in messages(at)
 
 
-CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "lens-heatmap", "lens-rank",
+CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "attr-map", "lens-heatmap", "lens-rank",
               "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention")
 
 
@@ -232,3 +235,33 @@ def test_attention_over_steps_without_a_trained_head_shows_rollout_and_flow(monk
     assert not at.error and "does not generate" in messages(at)
     assert at.selectbox(key="map_method").options == ["rollout", "flow"]
     assert "rollout" in chart(at, "steps-map").layout.title.text
+
+
+@pytest.mark.parametrize("model", ["zoo:gpt", "zoo:t5"])
+def test_attribution_plots_the_results_of_the_library_and_slow_methods_wait_for_compute(monkeypatch, model):
+    from trilens.attribution import attribute
+
+    at = start(monkeypatch, model, tab="Attribution")
+    m = trilens.load(model)
+    inp = DEFAULT_INPUTS[model]
+    if m.family == "decoder":
+        expected = attribute(m, [inp.text], max_new_tokens=16)
+    else:
+        expected = attribute(m, [(inp.text, inp.target)])
+    heat = chart(at, "attr-map")
+    want = torch.cat([expected.scores(0, "source"), expected.scores(0, "target")], 1).T
+    assert np.allclose(array(heat.data[0].z), want.numpy(), atol=1e-5)
+    assert at.dataframe[0].value.probability.tolist() == pytest.approx(expected.step_scores["probability"][0].tolist(), abs=1e-5)
+    at.selectbox(key="attr_method").set_value("integrated_gradients").run()
+    assert not at.exception and "press Compute" in messages(at) and "attr-map" not in _chart_ids(at)
+    at.button(key="attr_compute").click().run()
+    assert not at.exception and "attr-map" in _chart_ids(at)
+    assert "integrated_gradients" in chart(at, "attr-map").layout.title.text
+    at.checkbox(key="attr_normalise").check().run()
+    z = array(chart(at, "attr-map").data[0].z)
+    assert np.allclose(np.abs(z).sum(0), 1, atol=1e-4)
+
+
+def test_attribution_without_a_trained_head_says_so(monkeypatch, tiny_path):
+    at = start(monkeypatch, str(tiny_path("bert_headless")), tab="Attribution")
+    assert not at.exception and "no trained LM head" in messages(at)

@@ -20,6 +20,7 @@ import trilens
 from trilens import Model
 
 from .attention_data import AttentionMaps, attention_maps
+from .attribution_data import AttributionSettings, attribution_view
 from .inputs import AppInput, Prepared, prepare
 from .lens_data import LensView, lens_view, load_tuned
 from .prediction import Prediction, predict
@@ -119,6 +120,11 @@ def decoder_lens(source: str, text: str, reference: str) -> Any:
 @st.cache_data(max_entries=16, show_spinner=False)
 def steps(source: str, text: str, target: str) -> StepsView:
     return _on_input(source, text, target, steps_view)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def attribution(source: str, text: str, target: str, settings: AttributionSettings) -> Any:
+    return _on_input(source, text, target, lambda m, prep: attribution_view(m, prep, settings))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -7,8 +7,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-
 MAX_COLUMNS = 24  # steps shown in the printed table
 
 

@@ -1,0 +1,164 @@
+"""Attribution alignment on the zoo: do attributions point at the token that must have caused each output?
+
+Known answers: on ``reverse`` (zoo:gpt, zoo:t5) output step t copies source position N - 1 - t; on ``agreement``
+(zoo:bert at the mask, zoo:gpt at the verb) the verb's number comes from the subject noun, not from an attractor noun of
+the other number in between. Per method (captum's, through ``trilens.attribution.attribute``; per-token L2 norm) and per
+attention baseline (last-layer attention, rollout, relevancy): how often the top source token is the right one, the
+mean rank of the right one, and for agreement how often the subject outscores every attractor; chance alongside.
+"""
+
+from __future__ import annotations
+
+import trilens
+from trilens.attention import relevancy_maps
+from trilens.attribution import attribute
+from trilens.study import StudyContext
+from trilens.zoo import tasks as T
+from trilens.zoo.formats import lm_item, mlm_item, seq2seq_item
+
+RUNS = (("zoo:gpt", "reverse"), ("zoo:t5", "reverse"), ("zoo:bert", "agreement"), ("zoo:gpt", "agreement"))
+
+
+def _reverse(model, examples):
+    """Inputs, targets and per example the right source position of every step (N - 1 - t)."""
+    if model.family == "decoder":
+        items = [lm_item(e) for e in examples]
+        inputs, targets = [i.prompt for i in items], [i.answer for i in items]
+    else:
+        inputs, targets = [seq2seq_item(e) for e in examples], None
+    right = [[e.meta["length"] - 1 - t for t in range(e.meta["length"])] for e in examples]
+    return inputs, targets, right, [[] for _ in examples]
+
+
+def _agreement(model, examples):
+    """Inputs, the verb as target, the subject's position and the attractors' (nouns of the other number)."""
+    plural = {pl: True for _, pl in T.NOUNS} | {sg: False for sg, _ in T.NOUNS}
+    offset = 1 if model.family == "encoder" else 0  # [CLS]
+    right, attractors = [], []
+    for e in examples:
+        words = e.text.split()
+        subject = plural[words[1]]
+        right.append([1 + offset])
+        attractors.append([i + offset for i in range(4, len(words), 3) if plural[words[i]] != subject])
+    if model.family == "encoder":
+        return [mlm_item(e).text for e in examples], [e.target for e in examples], right, attractors
+    return [e.text for e in examples], [e.target for e in examples], right, attractors
+
+
+def _attention(model, inputs, targets, positions, valid):
+    """Last-layer attention (mean over heads) of each step's row over the source: ``[input, step, source]``."""
+    from trilens.capture.steps_input import step_inputs
+
+    if model.family == "encoder":
+        cache = model.trace(inputs, sites=model.sites(kind="attn_pattern")[-1:])
+        pattern = cache[list(cache)[0]].mean(1)  # [B, Q, K]
+        return pattern.gather(1, positions[..., None].expand(-1, -1, pattern.shape[-1]))
+    steps = step_inputs(model, inputs, targets)
+    kind = "cross_attn_pattern" if model.family == "encoder-decoder" else "attn_pattern"
+    cache = model.trace(steps.rows, sites=model.sites(kind=kind)[-1:])
+    pattern = cache[list(cache)[0]].mean(1)
+    return pattern.gather(1, steps.positions[..., None].expand(-1, -1, pattern.shape[-1]))
+
+
+def _score(maps, right, attractors, n_source):
+    """Top-1 rate, mean rank (1 = best), subject-over-attractors rate and their chance levels."""
+    top, ranks, beats, chance_top, chance_rank, chance_beats = [], [], [], [], [], []
+    for b, steps in enumerate(right):
+        for t, r in enumerate(steps):
+            row = maps[b][t][: n_source[b]]
+            top.append(float(int(row.argmax()) == r))
+            ranks.append(1 + int((row > row[r]).sum()))
+            chance_top.append(1 / n_source[b])
+            chance_rank.append((n_source[b] + 1) / 2)
+            if attractors[b]:
+                beats.append(float(bool((row[r] > row[attractors[b]]).all())))
+                chance_beats.append(1 / (1 + len(attractors[b])))
+    out = {"top1": sum(top) / len(top), "mean_rank": sum(ranks) / len(ranks),
+           "chance_top1": sum(chance_top) / len(top), "chance_rank": sum(chance_rank) / len(ranks), "n_steps": len(top)}
+    if beats:
+        out.update(subject_over_attractors=sum(beats) / len(beats), chance_over_attractors=sum(chance_beats) / len(beats))
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def run(ctx: StudyContext) -> None:
+    cfg = ctx.config
+    n, seed = cfg["n"], cfg["seed"]
+    examples = {"reverse": T.reverse(n, seed=seed, lengths=tuple(cfg["reverse_lengths"]), split="test"),
+                "agreement": [e for e in T.agreement(n * 6, seed=seed, split="test", max_distractors=2)
+                              if e.meta["attractor"]][:n]}
+    rows = []
+    for name, task in RUNS:
+        model = trilens.load(name)
+        short = f"{name.split(':')[-1]}/{task}"
+        inputs, targets, right, attractors = (_reverse if task == "reverse" else _agreement)(model, examples[task])
+        metrics = {}
+        first = None
+        for method in cfg["methods"]:
+            if method == "deeplift" and model.family == "encoder-decoder":
+                continue  # captum's DeepLift cannot hook T5's bridged ReLU modules (see trilens.attribution)
+            res = attribute(model, inputs, targets, method=method, n_steps=cfg["ig_steps"], step_scores=("probability",),
+                            batch_size=cfg["batch_size"], progress=ctx.progress)
+            first = first or res
+            n_source = [len(s) for s in res.source_tokens]
+            _check_answers(res, right, task)
+            maps = [res.scores(b, "source") for b in range(res.n_inputs)]
+            metrics[method] = _score(maps, right, attractors, n_source)
+            if method == "integrated_gradients":
+                metrics[method]["median_delta"] = round(float(res.deltas[res.valid].median()), 4)
+        positions, valid = first.info and _positions(model, inputs), first.valid
+        for base in cfg["baselines"]:
+            if base == "attention":
+                att = _attention(model, inputs, targets, positions, valid)
+                maps = [att[b, : len(right[b])] for b in range(len(right))]
+            else:
+                rel = relevancy_maps(model, inputs, targets, methods=(base,))
+                maps = [rel.map(base, b) for b in range(len(right))]
+            metrics[base] = _score(maps, right, attractors, n_source)
+        metrics["model_probability"] = round(float(first.step_scores["probability"][first.valid].mean()), 4)
+        ctx.metric(short, metrics)
+        for method, m in metrics.items():
+            if isinstance(m, dict):
+                rows.append({"run": short, "method": method, **m})
+        ctx.figure(f"{short.replace('/', '_')}_example", first.figure(0))
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    ctx.table("alignment", table)
+    _summary(ctx, table)
+
+
+def _positions(model, inputs):
+    """An encoder's mask position per input ``[input, 1]`` (the steps of generating models come from their inputs)."""
+    if model.family != "encoder":
+        return None
+    ids = model.encode(inputs).input_ids
+    return (ids == model.tokenizer.mask_token_id).float().argmax(1)[:, None]
+
+
+def _check_answers(res, right, task):
+    """The known answers point where they should: the reversed symbol is the source token at N - 1 - t."""
+    if task != "reverse":
+        return
+    for b, steps in enumerate(right):
+        for t, r in enumerate(steps):
+            if res.source_tokens[b][r] != res.step_tokens[b][t]:
+                raise RuntimeError(f"example {b} step {t}: source {res.source_tokens[b][r]!r} is not the output "
+                                   f"{res.step_tokens[b][t]!r}")
+
+
+def _summary(ctx: StudyContext, table) -> None:
+    ctx.say(f"# Study attribution_alignment ({'quick' if ctx.config['n'] < 20 else 'full'} run, {ctx.config['n']} "
+            "examples per run)")
+    ctx.say()
+    ctx.say("top-1 = the top source token is the right one; rank 1 = best; subj>attr = the subject outscores every "
+            "attractor noun (agreement only).")
+    ctx.say()
+    for run_name, part in table.groupby("run", sort=False):
+        first = part.iloc[0]
+        ctx.say(f"## {run_name} (chance: top-1 {first.chance_top1:.3f}, rank {first.chance_rank:.2f}"
+                + (f", subj>attr {first.chance_over_attractors:.3f})" if "chance_over_attractors" in part and
+                   part.chance_over_attractors.notna().all() else ")"))
+        for _, r in part.iterrows():
+            extra = f", subj>attr {r.subject_over_attractors:.3f}" if "subject_over_attractors" in r and r.notna().get(
+                "subject_over_attractors", False) else ""
+            ctx.say(f"- {r.method}: top-1 {r.top1:.3f}, mean rank {r.mean_rank:.2f}{extra}")
