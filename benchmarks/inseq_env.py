@@ -140,14 +140,14 @@ def _run(cmd: list[str], log: Path) -> None:
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(map(str, cmd))}\n")
         out.flush()
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({done.returncode}); see {log}")
 
 
 def _check(python: Path) -> dict:
     """The venv's versions; raises if they are not the tested ones or a CUDA torch / nvidia package is there."""
-    done = subprocess.run([str(python), "-c", _CHECK], capture_output=True, text=True)
+    done = subprocess.run([str(python), "-c", _CHECK], check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the Inseq venv does not import: {done.stderr.strip()[-2000:]}")
     found = json.loads(done.stdout.strip().splitlines()[-1])

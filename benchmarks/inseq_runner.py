@@ -26,10 +26,15 @@ What Inseq is asked for (``AttributionModel.attribute``):
 * ``batch_size=--batch-size``. Inseq 0.7.1 runs forced (teacher-forced) targets of decoder-only models one input at
   a time whatever ``batch_size`` says (it logs "Batched constrained decoding is currently not supported for
   decoder-only models. Using batch size of 1."); encoder-decoders keep the batch size.
-* ``skip_special_tokens=True`` (``--special-tokens exact``, the default): Inseq tokenizes with
-  ``add_special_tokens=False``, so the tokenizer adds nothing (the zoo's T5 tokenizer would append ``[EOS]`` to both
-  source and target); Inseq still puts the decoder start token before an encoder-decoder target.
-  ``--special-tokens tokenizer`` keeps Inseq's default (the tokenizer's special tokens are added).
+* ``skip_special_tokens=True`` (``--special-tokens exact``): Inseq tokenizes with ``add_special_tokens=False``, so
+  the tokenizer adds nothing (the zoo's T5 tokenizer would append ``[EOS]`` to both source and target); Inseq still
+  puts the decoder start token before an encoder-decoder target. But Inseq then also deletes special-token strings
+  from the texts, so ids of special tokens ([BOS], [EOS], ...) in the inputs are lost.
+  ``--special-tokens tokenizer``: Inseq's default (``skip_special_tokens=False``: the tokenizer adds its special
+  tokens, special tokens in the texts stay). ``auto`` (the default): ``exact`` if every item's ids survive it, else
+  ``tokenizer`` if they survive that, else the run stops. The sidecar says which was used.
+* Inseq tokenizes with ``truncation=True``: ids beyond the tokenizer's ``model_max_length`` (128 for the zoo models)
+  would be cut; the round-trip check below catches that.
 
 Inseq takes texts, not ids: each id list is decoded (``skip_special_tokens=False``,
 ``clean_up_tokenization_spaces=False``) and the text is encoded again exactly as Inseq will encode it; every item's
@@ -53,7 +58,7 @@ for captum's interpretable embedding while attributing): GPT-2's position embedd
 attributed.
 
 Sidecar ``--out`` with ``.json``: wall time of the ``attribute`` call alone (``time.perf_counter``, model load and
-text preparation excluded), peak RSS of that call (``VmHWM`` from ``/proc/self/status`` after resetting it through
+text preparation excluded; with ``--repeats N`` the median of N calls, all N listed), peak RSS of that call (``VmHWM`` from ``/proc/self/status`` after resetting it through
 ``/proc/self/clear_refs`` just before the call; ``ru_maxrss`` is not used because on Linux it carries the parent's
 peak across ``exec``), the process's peak RSS overall, the options Inseq recorded, the effective batch size, the
 tokens and ids Inseq used per item, the round-trip check, captured warnings, and (``--self-check``) the largest
@@ -66,6 +71,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -75,7 +81,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
+from memory import peak_rss_mb, reset_peak_rss, rss_mb
 
 
 class _Records(logging.Handler):
@@ -100,10 +106,11 @@ def parse_args(argv=None):
     p.add_argument("--inputs", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-attribute-target", action="store_true", help="encoder-decoder: source attributions only")
-    p.add_argument("--special-tokens", choices=["exact", "tokenizer"], default="exact")
+    p.add_argument("--special-tokens", choices=["auto", "exact", "tokenizer"], default="auto")
     p.add_argument("--allow-mismatch", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--warmup", action="store_true", help="one untimed attribute call on the first item first")
+    p.add_argument("--repeats", type=int, default=1, help="timed attribute calls (wall_s: their median)")
     p.add_argument("--self-check", action="store_true", help="compare with plain autograd after the timed call")
     return p.parse_args(argv)
 
@@ -135,8 +142,16 @@ def _roundtrip(model, items, sources, targets, skip_special: bool, encoder_decod
             tgt = model.encode(targets[i], add_special_tokens=not skip_special).input_ids[0].tolist()
         prefix_ok = encoder_decoder or targets[i].startswith(sources[i])
         if src != item["source"] or tgt != want_tgt or not prefix_ok:
-            problems.append({"item": i, "source_ids": src, "want_source_ids": item["source"], "target_ids": tgt,
-                             "want_target_ids": want_tgt, "text_prefix_ok": prefix_ok})
+            problems.append(
+                {
+                    "item": i,
+                    "source_ids": src,
+                    "want_source_ids": item["source"],
+                    "target_ids": tgt,
+                    "want_target_ids": want_tgt,
+                    "text_prefix_ok": prefix_ok,
+                }
+            )
     return problems
 
 
@@ -196,43 +211,47 @@ def main(argv=None) -> None:
     records = _Records()
     logging.getLogger().addHandler(records)
     warnings.simplefilter("default")
+    warnings.simplefilter("ignore", ResourceWarning)  # inseq leaves its model_config.yaml open
     logging.captureWarnings(True)
 
     import importlib.metadata as md
 
+    import inseq
     import torch
     from safetensors.torch import save_file
-
-    import inseq
 
     if args.threads:
         torch.set_num_threads(args.threads)
     items = json.loads(args.inputs.read_text())
 
     t0 = time.perf_counter()
-    model = inseq.load_model(
-        str(args.model), args.method, device="cpu", model_kwargs={"attn_implementation": "eager"}
-    )
+    model = inseq.load_model(str(args.model), args.method, device="cpu", model_kwargs={"attn_implementation": "eager"})
     model.model.eval()
     load_s = time.perf_counter() - t0
     encoder_decoder = bool(model.is_encoder_decoder)
-    skip_special = args.special_tokens == "exact"
-
     sources, targets = _texts(model, items, encoder_decoder)
-    problems = _roundtrip(model, items, sources, targets, skip_special, encoder_decoder)
+    modes = ["exact", "tokenizer"] if args.special_tokens == "auto" else [args.special_tokens]
+    for mode in modes:
+        found = _roundtrip(model, items, sources, targets, mode == "exact", encoder_decoder)
+        if mode == modes[0]:
+            special_tokens, problems = mode, found
+        if not found:
+            special_tokens, problems = mode, found
+            break
+    skip_special = special_tokens == "exact"
     if problems and not args.allow_mismatch:
         raise SystemExit(f"ids do not survive decode -> Inseq's encode for {len(problems)} item(s): {problems[:3]}")
 
     attribute_target = encoder_decoder and not args.no_attribute_target
-    kwargs = dict(
-        attributed_fn="probability",
-        logprob=True,
-        batch_size=args.batch_size,
-        attribute_target=attribute_target,
-        skip_special_tokens=skip_special,
-        show_progress=False,
-        pretty_progress=False,
-    )
+    kwargs = {
+        "attributed_fn": "probability",
+        "logprob": True,
+        "batch_size": args.batch_size,
+        "attribute_target": attribute_target,
+        "skip_special_tokens": skip_special,
+        "show_progress": False,
+        "pretty_progress": False,
+    }
     if args.method == "saliency":
         kwargs["abs"] = False
     else:
@@ -242,23 +261,32 @@ def main(argv=None) -> None:
         model.attribution_method.use_baselines = args.ig_baseline == "unk"
 
     effective_batch = model.validate_attribute_args(
-        input_texts=sources, generated_texts=targets, has_generated_texts=True,
-        attribution_method=model.attribution_method, batch_size=args.batch_size,
-        attr_pos_start=None, attr_pos_end=None,
+        input_texts=sources,
+        generated_texts=targets,
+        has_generated_texts=True,
+        attribution_method=model.attribution_method,
+        batch_size=args.batch_size,
+        attr_pos_start=None,
+        attr_pos_end=None,
     )
     if args.warmup:
         model.attribute(sources[:1], targets[:1], **kwargs)
 
-    rss_before = rss_mb()
-    reset_peak_rss()
-    start = time.perf_counter()
-    out = model.attribute(sources, targets, **kwargs)
-    wall_s = time.perf_counter() - start
-    peak_call = peak_rss_mb()
+    rss_before, walls, peak_call = rss_mb(), [], 0.0
+    for _ in range(args.repeats):
+        reset_peak_rss()
+        start = time.perf_counter()
+        out = model.attribute(sources, targets, **kwargs)
+        walls.append(time.perf_counter() - start)
+        peak_call = max(peak_call, peak_rss_mb())
+    wall_s = statistics.median(walls)
 
     tensors, per_item = {}, []
     for i, (item, seq) in enumerate(zip(items, out.sequence_attributions)):
-        P, T = len(item["source"]), len(item["target"])
+        # Inseq's own lengths (they differ from the given ones only with --allow-mismatch)
+        P, T = len(seq.source), seq.attr_pos_end - seq.attr_pos_start
+        if not problems and (P, T) != (len(item["source"]), len(item["target"])):
+            raise SystemExit(f"item {i}: Inseq used {P} source and {T} target tokens, not the given ones")
         if encoder_decoder:
             src_attr = seq.source_attributions
             tgt_attr = seq.target_attributions if attribute_target else None
@@ -268,26 +296,30 @@ def main(argv=None) -> None:
             src_attr = tgt_attr[:P]
             want_src, want_tgt = (P, T), (P + T, T)
         if tuple(src_attr.shape[:2]) != want_src or (tgt_attr is not None and tuple(tgt_attr.shape[:2]) != want_tgt):
-            raise SystemExit(f"item {i}: Inseq returned shapes {tuple(src_attr.shape)} / "
-                             f"{None if tgt_attr is None else tuple(tgt_attr.shape)}, expected {want_src} / {want_tgt}")
+            raise SystemExit(
+                f"item {i}: Inseq returned shapes {tuple(src_attr.shape)} / "
+                f"{None if tgt_attr is None else tuple(tgt_attr.shape)}, expected {want_src} / {want_tgt}"
+            )
         tensors[f"source_{i}"] = src_attr.detach().float().contiguous().clone()
         if tgt_attr is not None:
             tensors[f"target_{i}"] = tgt_attr.detach().float().contiguous().clone()
-        per_item.append({
-            "source_tokens": [t.token for t in seq.source],
-            "source_ids": [t.id for t in seq.source],
-            # rows of target_{i}: decoder-only = prompt + target, encoder-decoder = decoder start + target
-            "target_axis_tokens": [t.token for t in seq.target],
-            "target_axis_ids": [t.id for t in seq.target],
-            # columns (steps): the forced target tokens
-            "step_tokens": [t.token for t in seq.target[seq.attr_pos_start: seq.attr_pos_end]],
-            "attr_pos_start": seq.attr_pos_start,
-            "attr_pos_end": seq.attr_pos_end,
-            "source_shape": list(tensors[f"source_{i}"].shape),
-            "target_shape": None if tgt_attr is None else list(tensors[f"target_{i}"].shape),
-        })
-        steps = [t.id for t in seq.target[seq.attr_pos_start: seq.attr_pos_end]]
-        if steps != item["target"]:
+        per_item.append(
+            {
+                "source_tokens": [t.token for t in seq.source],
+                "source_ids": [t.id for t in seq.source],
+                # rows of target_{i}: decoder-only = prompt + target, encoder-decoder = decoder start + target
+                "target_axis_tokens": [t.token for t in seq.target],
+                "target_axis_ids": [t.id for t in seq.target],
+                # columns (steps): the forced target tokens
+                "step_tokens": [t.token for t in seq.target[seq.attr_pos_start : seq.attr_pos_end]],
+                "attr_pos_start": seq.attr_pos_start,
+                "attr_pos_end": seq.attr_pos_end,
+                "source_shape": list(tensors[f"source_{i}"].shape),
+                "target_shape": None if tgt_attr is None else list(tensors[f"target_{i}"].shape),
+            }
+        )
+        steps = [t.id for t in seq.target[seq.attr_pos_start : seq.attr_pos_end]]
+        if not problems and steps != item["target"]:
             raise SystemExit(f"item {i}: Inseq attributed steps {steps}, not the target {item['target']}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,17 +337,25 @@ def main(argv=None) -> None:
         "attributed_fn": "probability (logprob=True): log_softmax(logits)[target]",
         "saliency_abs": False if args.method == "saliency" else None,
         "ig_steps": args.ig_steps if args.method == "integrated_gradients" else None,
-        "ig_baseline": (("zeros (captum default; Inseq use_baselines=False)" if args.ig_baseline == "zeros"
-                         else "Inseq default: [UNK] embeddings, [EOS] kept")
-                        if args.method == "integrated_gradients" else None),
+        "ig_baseline": (
+            (
+                "zeros (captum default; Inseq use_baselines=False)"
+                if args.ig_baseline == "zeros"
+                else "Inseq default: [UNK] embeddings, [EOS] kept"
+            )
+            if args.method == "integrated_gradients"
+            else None
+        ),
         "ig_internal_batch_size": (args.ig_internal_batch_size or "captum default (None: all n_steps at once)")
-                                  if args.method == "integrated_gradients" else None,
+        if args.method == "integrated_gradients"
+        else None,
         "attribute_target": attribute_target,
-        "special_tokens": args.special_tokens,
+        "special_tokens": special_tokens,
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,
         "load_s": load_s,
         "wall_s": wall_s,
+        "wall_s_all": walls,
         "rss_before_attribute_mb": rss_before,
         "peak_rss_attribute_mb": peak_call,
         "peak_rss_mb_method": "VmHWM (/proc/self/status) after writing 5 to /proc/self/clear_refs before the call",
@@ -331,8 +371,17 @@ def main(argv=None) -> None:
         else:
             sidecar["self_check"] = _self_check(model, items, tensors, args.method, encoder_decoder, args.ig_steps)
     args.out.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
-    print(json.dumps({"out": str(args.out), "wall_s": round(wall_s, 4), "peak_rss_attribute_mb": round(peak_call, 1),
-                      "effective_batch_size": effective_batch, "self_check": sidecar.get("self_check")}))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "wall_s": round(wall_s, 4),
+                "peak_rss_attribute_mb": round(peak_call, 1),
+                "effective_batch_size": effective_batch,
+                "self_check": sidecar.get("self_check"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from trilens.attribution.aggregate import word_groups
 from trilens.capture.grad_hooks import embedding_modules
 from trilens.errors import InputError
 
-CASES = {"gpt2": (["the cat sat on", "a dog"], ["the mat and", "ran off to the"]),
-         "t5": ([("the cat sat on", "the mat and"), ("a dog", "ran off to the")], None),
-         "bart": ([("the cat sat on", "the mat and"), ("a dog", "ran off")], None)}
+CASES = {"gpt2": (["the cat sat on", "a dog"], ["the mat and", "was here on the"]),
+         "t5": ([("the cat sat on", "the mat and"), ("a dog", "was here on the")], None),
+         "bart": ([("the cat sat on", "the mat and"), ("a dog", "was here")], None)}
 
 
 def _embed(model, stack, ids):
@@ -109,7 +109,7 @@ def test_batched_inputs_equal_one_at_a_time(tiny):
 def test_contrast_equals_the_difference_of_two_single_target_attributions(tiny):
     model = tiny("t5")
     pairs = [("the cat sat on", "the mat and")]
-    contrast = "a dog ran"
+    contrast = "a dog sat"
     both = attribute(model, pairs, method="saliency", contrast=contrast, score="logit")
     a = attribute(model, pairs, method="saliency", score="logit")
     foil = attribute(model, [(pairs[0][0], contrast)], method="saliency", score="logit", include_target=False)
@@ -246,5 +246,9 @@ def test_bad_inputs_give_clear_errors(tiny):
         attribute(tiny("bert"), "the cat sat")
     with pytest.raises(InputError, match="empty"):
         attribute(gpt, "the cat", [""])
+    with pytest.raises(InputError, match="cannot encode target token 2 of input 0: it becomes '\\[UNK\\]'"):
+        attribute(gpt, "the cat", ["sat zqxwv"])
+    with pytest.raises(InputError, match="cannot encode contrast token 1"):
+        attribute(t5, [("the cat", "sat on")], contrast="zqxwv on")
     with pytest.raises(InputError, match="outside this model's vocabulary"):
         attribute(gpt, "the cat", [[10**9]])

@@ -15,7 +15,7 @@ def _shipped(*names):
 
 
 def test_the_studies_are_listed(capsys):
-    assert {"decoder_lens", "logit_lens", "attention_degeneration"} <= set(list_studies())
+    assert {"decoder_lens", "logit_lens", "attention_degeneration", "attribution_alignment"} <= set(list_studies())
     assert cli(["study", "list"]) == 0
     assert "decoder_lens" in capsys.readouterr().out
 
@@ -116,3 +116,19 @@ def test_attention_degeneration_study_quick_run(tmp_path):
     for name in ("reverse_sensitivity_gpt_vs_t5", "gpt_reverse_source_mass", "t5_reverse_perturbation"):
         assert (tmp_path / "ad" / "figures" / f"{name}.html").stat().st_size > 10_000
     assert (tmp_path / "ad" / "summary.md").read_text().startswith("# Study attention_degeneration")
+
+
+@pytest.mark.slow
+def test_attribution_alignment_study_quick_run(tmp_path):
+    ctx = run_study("attribution_alignment", tmp_path / "aa", quick=True, progress=False)
+    t5 = ctx.metrics["t5/reverse"]
+    # on reversal the copied symbol is found far above chance by gradients and by attention
+    assert t5["saliency"]["top1"] > 0.6 > 3 * t5["saliency"]["chance_top1"]
+    assert t5["attention"]["top1"] > 0.6 and t5["saliency"]["mean_rank"] < 2
+    bert = ctx.metrics["bert/agreement"]
+    assert "subject_over_attractors" in bert["saliency"] and 0 < bert["saliency"]["chance_over_attractors"] <= 0.5
+    assert set(ctx.metrics) == {"gpt/reverse", "t5/reverse", "bert/agreement", "gpt/agreement"}
+    table = (tmp_path / "aa" / "tables" / "alignment.csv").read_text()
+    assert table.startswith("run,method,top1") and "integrated_gradients" in table
+    assert (tmp_path / "aa" / "summary.md").read_text().startswith("# Study attribution_alignment")
+    assert (tmp_path / "aa" / "figures" / "t5_reverse_example.html").stat().st_size > 10_000

@@ -2,7 +2,8 @@
 
 Known answers: on ``reverse`` (zoo:gpt, zoo:t5) output step t copies source position N - 1 - t; on ``agreement``
 (zoo:bert at the mask, zoo:gpt at the verb) the verb's number comes from the subject noun, not from an attractor noun of
-the other number in between. Per method (captum's, through ``trilens.attribution.attribute``; per-token L2 norm) and per
+the other number in between. Per method (captum's, through ``trilens.attribution.attribute``; per-token L2 norm; methods
+with a baseline start from the [PAD] embedding, ``baseline`` in config.json) and per
 attention baseline (last-layer attention, rollout, relevancy): how often the top source token is the right one, the
 mean rank of the right one, and for agreement how often the subject outscores every attractor; chance alongside.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import trilens
 from trilens.attention import relevancy_maps
 from trilens.attribution import attribute
+from trilens.attribution.methods import method_spec
 from trilens.study import StudyContext
 from trilens.zoo import tasks as T
 from trilens.zoo.formats import lm_item, mlm_item, seq2seq_item
@@ -45,13 +47,14 @@ def _agreement(model, examples):
     return [e.text for e in examples], [e.target for e in examples], right, attractors
 
 
-def _attention(model, inputs, targets, positions, valid):
+def _attention(model, inputs, targets):
     """Last-layer attention (mean over heads) of each step's row over the source: ``[input, step, source]``."""
     from trilens.capture.steps_input import step_inputs
 
     if model.family == "encoder":
         cache = model.trace(inputs, sites=model.sites(kind="attn_pattern")[-1:])
         pattern = cache[list(cache)[0]].mean(1)  # [B, Q, K]
+        positions = _positions(model, inputs)
         return pattern.gather(1, positions[..., None].expand(-1, -1, pattern.shape[-1]))
     steps = step_inputs(model, inputs, targets)
     kind = "cross_attn_pattern" if model.family == "encoder-decoder" else "attn_pattern"
@@ -96,7 +99,9 @@ def run(ctx: StudyContext) -> None:
         for method in cfg["methods"]:
             if method == "deeplift" and model.family == "encoder-decoder":
                 continue  # captum's DeepLift cannot hook T5's bridged ReLU modules (see trilens.attribution)
+            spec = method_spec(method)
             res = attribute(model, inputs, targets, method=method, n_steps=cfg["ig_steps"], step_scores=("probability",),
+                            baseline=None if spec.baseline == "none" else cfg["baseline"],
                             batch_size=cfg["batch_size"], progress=ctx.progress)
             first = first or res
             n_source = [len(s) for s in res.source_tokens]
@@ -105,10 +110,9 @@ def run(ctx: StudyContext) -> None:
             metrics[method] = _score(maps, right, attractors, n_source)
             if method == "integrated_gradients":
                 metrics[method]["median_delta"] = round(float(res.deltas[res.valid].median()), 4)
-        positions, valid = first.info and _positions(model, inputs), first.valid
         for base in cfg["baselines"]:
             if base == "attention":
-                att = _attention(model, inputs, targets, positions, valid)
+                att = _attention(model, inputs, targets)
                 maps = [att[b, : len(right[b])] for b in range(len(right))]
             else:
                 rel = relevancy_maps(model, inputs, targets, methods=(base,))
@@ -128,9 +132,7 @@ def run(ctx: StudyContext) -> None:
 
 
 def _positions(model, inputs):
-    """An encoder's mask position per input ``[input, 1]`` (the steps of generating models come from their inputs)."""
-    if model.family != "encoder":
-        return None
+    """An encoder's mask position per input ``[input, 1]``."""
     ids = model.encode(inputs).input_ids
     return (ids == model.tokenizer.mask_token_id).float().argmax(1)[:, None]
 

@@ -46,6 +46,8 @@ def attribution_steps(model: Model, inputs: Any, targets: Any = None, *, contras
         raise InputError("position= chooses an encoder's slot; a generating model is attributed at every step.")
     steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
         model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
+    if targets is not None or isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, tuple) for x in inputs):
+        _check_known(model, steps.step_ids, "target")
     foils = None if contrast is None else _foils(model, steps, contrast)
     counts = steps.valid.sum(1).tolist()
     if model.family == "decoder":
@@ -62,6 +64,16 @@ def attribution_steps(model: Model, inputs: Any, targets: Any = None, *, contras
     scored = ScoredRows(steps.positions, steps.step_ids.clamp_min(0), foils, steps.valid)
     return AttributionSteps(steps.rows, scored, steps.source_lengths.tolist(), target_lengths, sources, targets_,
                             step_tokens, steps.generated)
+
+
+def _check_known(model: Model, ids: torch.Tensor, what: str) -> None:
+    """Given text that the tokenizer could only encode as its unknown token is refused (it would attribute [UNK])."""
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    if unk is None or not bool((ids == unk).any()):
+        return
+    b, t = (ids == unk).nonzero()[0].tolist()
+    raise InputError(f"the tokenizer cannot encode {what} token {t + 1} of input {b}: it becomes "
+                     f"{model.tokenizer.unk_token!r}. Use words this model's vocabulary holds (or give token ids).")
 
 
 def _foils(model: Model, steps: StepInputs, contrast: Any) -> torch.Tensor:
@@ -97,6 +109,7 @@ def _foils(model: Model, steps: StepInputs, contrast: Any) -> torch.Tensor:
             raise InputError(f"input {b}: the target has {counts[b]} tokens but {what} {len(ids)}; a contrastive "
                              "target needs one foil per step (an aligned text of the same token length).")
         foils[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    _check_known(model, foils.masked_fill(~steps.valid, -1), "contrast")
     return foils
 
 
