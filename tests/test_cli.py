@@ -64,8 +64,6 @@ def test_lens_commands(tiny_path, tmp_path, capsys):
 
 
 def test_help_lists_every_subcommand(capsys):
-    import pytest
-
     from trilens.cli.main import SUBCOMMANDS
 
     with pytest.raises(SystemExit) as done:
@@ -73,7 +71,7 @@ def test_help_lists_every_subcommand(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["info", "capture", "lens", "probe", "attention", "study", "app"]
+    assert names == ["info", "capture", "lens", "probe", "attention", "attribute", "study", "app"]
     for name in names:
         assert f"    {name} " in out
 

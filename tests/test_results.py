@@ -19,6 +19,7 @@ from trilens.lens import (
     decoder_lens,
     logit_lens,
 )
+from trilens.attribution import attribute
 from trilens.probes import ProbeResult, probe_layers
 
 LEGACY = Path(__file__).parent / "data" / "saved-0.1.0"
@@ -38,6 +39,8 @@ def results(tiny):
         "GradientResult": gpt.gradients(["the cat sat on the mat", "x y z"], StepScores(), sites="attn_pattern"),
         "AttentionStepsResult": attention_steps(bart, ["x y z", "the cat"], max_new_tokens=3, sensitivity="estimate", probes=4),
         "RelevancyResult": relevancy_maps(gpt, ["the cat sat", "x y"], max_new_tokens=2, methods=("relevancy", "flow")),
+        "AttributionResult": attribute(bart, [("x y z", "z y"), ("the cat", "cat the a")], method="ig", n_steps=4,
+                                       step_scores=("probability", "rank")).aggregate(words=True),
     }
 
 
