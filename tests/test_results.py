@@ -11,6 +11,7 @@ import pytest
 import trilens
 from trilens import StepScores, load_result
 from trilens.attention import attention_steps, relevancy_maps
+from trilens.attribution import attribute
 from trilens.errors import StoreError
 from trilens.lens import (
     DecoderLensResult,
@@ -19,7 +20,6 @@ from trilens.lens import (
     decoder_lens,
     logit_lens,
 )
-from trilens.attribution import attribute
 from trilens.probes import ProbeResult, probe_layers
 
 LEGACY = Path(__file__).parent / "data" / "saved-0.1.0"

@@ -30,8 +30,8 @@ class MethodSpec:
 
 
 METHODS = {m.name: m for m in (
-    MethodSpec("saliency", "Saliency", "gradient", "none", "the gradient of the step's score (signed; abs=True as captum "
-               "defaults)", defaults={"abs": False}),
+    MethodSpec("saliency", "Saliency", "gradient", "none", "the gradient of the step's score (signed; "
+               "method_args={'abs': True} for captum's absolute value)", defaults={"abs": False}),
     MethodSpec("input_x_gradient", "InputXGradient", "gradient", "none", "embedding x gradient"),
     MethodSpec("integrated_gradients", "IntegratedGradients", "gradient", "zeros",
                "path integral of gradients from a baseline (Sundararajan et al. 2017)", steps=True, delta=True),

@@ -75,15 +75,18 @@ def replaced_embeddings(model: Model, values: dict[str, torch.Tensor]) -> Iterat
     """During the block, the token embeddings of each stack in ``values`` are ``values[stack]`` (same shape); every
     other stack's are the model's own."""
     def swap(called: str, out: torch.Tensor) -> torch.Tensor | None:
-        if called not in values:
-            return None
-        if out.shape != values[called].shape:
-            raise TrilensError(f"the {called} embeddings have shape {tuple(out.shape)}, the values given "
-                               f"{tuple(values[called].shape)}.")
-        return values[called]
+        return _given(values, called, out) if called in values else None
 
     with embedding_calls(model, swap):
         yield
+
+
+def _given(values: dict[str, torch.Tensor], stack: str, out: torch.Tensor) -> torch.Tensor:
+    """``values[stack]``, which replaces the embedding module's output ``out`` (same shape)."""
+    if out.shape != values[stack].shape:
+        raise TrilensError(f"the {stack} embeddings have shape {tuple(out.shape)}, the values given "
+                           f"{tuple(values[stack].shape)}.")
+    return values[stack]
 
 
 @contextmanager
@@ -96,10 +99,7 @@ def input_embeddings(model: Model, values: dict[str, torch.Tensor] | None = None
 
     def leaf(stack: str, out: torch.Tensor) -> torch.Tensor:
         if stack in values:
-            if values[stack].shape != out.shape:
-                raise TrilensError(f"the {stack} embeddings have shape {tuple(out.shape)}, the values given "
-                                   f"{tuple(values[stack].shape)}.")
-            out = values[stack].detach().to(out.dtype)
+            out = _given(values, stack, out).detach().to(out.dtype)
         captured[stack] = out if out.requires_grad else out.detach().requires_grad_()
         return captured[stack]
 
