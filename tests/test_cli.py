@@ -152,7 +152,8 @@ def test_attribute_command(tiny_path, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"figure.html", "result.json"}
     assert main(["attribute", str(tiny_path("t5")), "the cat", "--target", "sat on", "--contrast", "a dog",
                  "--no-progress"]) == 0
-    assert "contrastive" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "contrastive" in printed and "[contrast_prob_diff]" in printed
     assert main(["attribute", str(tiny_path("t5")), "the cat", "--target", "sat on", "--contrast", "a dog ran",
                  "--no-progress"]) == 2
     assert "needs one foil per step" in capsys.readouterr().err

@@ -51,8 +51,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     contrast = args.contrast
     if contrast is not None and model.family == "encoder":
         contrast = [contrast]
+    step_scores = list(args.step_scores)
+    if contrast is not None and "contrast_prob_diff" not in step_scores:
+        step_scores.append("contrast_prob_diff")
     result = attribute(model, inputs, targets, method=args.method, contrast=contrast, score=args.score,
-                       step_scores=args.step_scores, baseline=args.baseline, n_steps=args.n_steps,
+                       step_scores=step_scores, baseline=args.baseline, n_steps=args.n_steps,
                        max_new_tokens=args.max_new_tokens, method_args=method_args or None,
                        include_target=not args.source_only, progress=not args.no_progress)
     result = result.aggregate(args.hidden, words=args.words, normalise=args.normalise)
