@@ -30,13 +30,13 @@ def _prefix_gradients(model, result, b, t):
         ids = src_ids + tok.convert_tokens_to_ids(tgt_tokens)[:t]
         e = _embed(model, "decoder", ids)
         logits = hf(inputs_embeds=e).logits[0, -1]
-        torch.log_softmax(logits, -1)[step_id].backward()
-        return e.grad[0, : len(src_ids)], e.grad[0, len(src_ids):]
+        (g,) = torch.autograd.grad(torch.log_softmax(logits, -1)[step_id], [e])  # no .grad left on the weights
+        return g[0, : len(src_ids)], g[0, len(src_ids):]
     dec_ids = tok.convert_tokens_to_ids(tgt_tokens)[: t + 1]
     es, ed = _embed(model, "encoder", src_ids), _embed(model, "decoder", dec_ids)
     logits = hf(inputs_embeds=es, decoder_inputs_embeds=ed).logits[0, -1]
-    torch.log_softmax(logits, -1)[step_id].backward()
-    return es.grad[0], ed.grad[0]
+    gs, gd = torch.autograd.grad(torch.log_softmax(logits, -1)[step_id], [es, ed])
+    return gs[0], gd[0]
 
 
 @pytest.mark.parametrize("name", ["gpt2", "t5", "bart"])
