@@ -127,31 +127,25 @@ def run_worker(python: str, script: Path, args: list[str], out: Path, timeout: i
     return json.loads(out.with_suffix(".json").read_text())
 
 
-def compare(a_file: Path, b_file: Path, method: str, n: int) -> tuple[float, float]:
-    """Saliency: the largest absolute difference; IG: the smallest per-step Pearson r (positions both tools fill);
-    and the largest absolute attribution (the scale of float32 rounding)."""
+def compare(a_file: Path, b_file: Path, method: str, n: int, decoder: bool) -> tuple[float, float]:
+    """Saliency: the largest absolute difference; IG: the smallest per-step Pearson r over source and prefix together
+    (positions both tools fill; a decoder-only model's target already holds its prompt); and the largest absolute
+    attribution (the scale of float32 rounding)."""
     from safetensors.torch import load_file
 
     a, b = load_file(str(a_file)), load_file(str(b_file))
-    worst = 0.0 if method == "saliency" else 1.0
     scale = max(float(t.nan_to_num().abs().max()) for t in b.values())
+    worst = 0.0 if method == "saliency" else 1.0
     for i in range(n):
-        for part in ("source", "target"):
-            x, y = a[f"{part}_{i}"], b[f"{part}_{i}"]
-            rows = min(x.shape[0], y.shape[0])
-            x, y = x[:rows], y[:rows]
-            keep = ~torch.isnan(y)
+        parts = ["target"] if decoder else ["source", "target"]
+        x = torch.cat([a[f"{p}_{i}"] for p in parts])  # [token, step, d]; Inseq adds the never-read last token
+        y = torch.cat([b[f"{p}_{i}"][: a[f"{p}_{i}"].shape[0]] for p in parts])
+        for t in range(x.shape[1]):
+            keep = ~torch.isnan(y[:, t, 0])
+            u, v = x[keep, t].flatten().double(), y[keep, t].flatten().double()
             if method == "saliency":
-                worst = max(worst, float((x[keep] - y[keep]).abs().max()))
-                continue
-            if part == "target":
-                continue  # r per step over source and prefix together, below
-        if method != "saliency":
-            xs = torch.cat([a[f"source_{i}"], a[f"target_{i}"]], 0)
-            ys = torch.cat([b[f"source_{i}"], b[f"target_{i}"][: a[f"target_{i}"].shape[0]]], 0)
-            for t in range(xs.shape[1]):
-                keep = ~torch.isnan(ys[:, t])
-                u, v = xs[:, t][keep].flatten().double(), ys[:, t][keep].flatten().double()
+                worst = max(worst, float((u - v).abs().max()))
+            else:
                 worst = min(worst, float(torch.corrcoef(torch.stack([u, v]))[0, 1]))
     return worst, scale
 
@@ -206,7 +200,8 @@ def main() -> None:
                                      "--threads", str(args.threads)],
                                     root / f"inseq-{name}-{length}-{method}.safetensors", args.timeout)
                 agree, scale = compare(root / f"trilens-{name}-{length}-{method}.safetensors",
-                                root / f"inseq-{name}-{length}-{method}.safetensors", method, len(data))
+                                       root / f"inseq-{name}-{length}-{method}.safetensors", method, len(data),
+                                       decoder=name != "t5")
                 what = (f"max |diff| {agree:.1e} (max |attr| {scale:.3g})" if method == "saliency"
                         else f"min Pearson r {agree:.5f}")
                 print(f"{name:<11} {length:>4} {method:<21} {ours['wall_s']:>9.2f} {theirs['wall_s']:>9.2f} "

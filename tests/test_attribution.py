@@ -98,9 +98,11 @@ def test_batched_inputs_equal_one_at_a_time(tiny):
     model = tiny("gpt2")
     inputs, targets = CASES["gpt2"]
     both = attribute(model, inputs, targets, method="input_x_gradient")
+    assert both.info["rows_run"] == 2  # one forward row per input: every step shares it
     for b in range(2):
         one = attribute(model, inputs[b], [targets[b]], method="input_x_gradient")
         steps, n, m = one.raw["source"].shape[1], one.raw["source"].shape[2], one.raw["target"].shape[2]
+        assert both.raw["source"][b, steps:].abs().sum() == 0 and both.raw["target"][b, steps:].abs().sum() == 0
         assert torch.allclose(both.raw["source"][b, :steps, :n], one.raw["source"][0], atol=1e-5)
         assert torch.allclose(both.raw["target"][b, :steps, :m], one.raw["target"][0], atol=1e-5)
         assert torch.allclose(both.step_scores["probability"][b, :steps], one.step_scores["probability"][0], atol=1e-6)
@@ -112,15 +114,22 @@ def test_contrast_equals_the_difference_of_two_single_target_attributions(tiny):
     contrast = "a dog sat"
     both = attribute(model, pairs, method="saliency", contrast=contrast, score="logit")
     a = attribute(model, pairs, method="saliency", score="logit")
-    foil = attribute(model, [(pairs[0][0], contrast)], method="saliency", score="logit", include_target=False)
-    # the foil's run teacher-forces the foil text; compare source attributions of step 1 (same decoder prefix)
-    assert torch.allclose(both.raw["source"][0, 0], a.raw["source"][0, 0] - foil.raw["source"][0, 0], atol=1e-5)
+    foils = model.encode([(pairs[0][0], contrast)]).labels[0]
+    for t, f in enumerate(foils.tolist()):  # the foil's logit at step t, under the target's own prefix
+        g = model.gradients(pairs, trilens.TokenScore(token=f, position=t, score="logit"))
+        for part, stack in (("source", "encoder"), ("target", "decoder")):
+            width = both.raw[part].shape[2]
+            assert torch.allclose(both.raw[part][0, t], a.raw[part][0, t] - g.grad("embed", stack)[0, 0, :width],
+                                  atol=1e-5)
     per_step = attribute(model, pairs, method="saliency", contrast=[[model.tokenizer.convert_ids_to_tokens(i) for i in
                                                                     model.tokenizer(contrast)["input_ids"]]],
                          score="logit")
     assert torch.allclose(per_step.raw["source"], both.raw["source"], atol=1e-6)
     scores = attribute(model, pairs, method="saliency", contrast=contrast, step_scores=("contrast_prob_diff", "probability"))
-    assert scores.step_scores["contrast_prob_diff"].shape == (1, 4)
+    diff = scores.step_scores["contrast_prob_diff"]
+    p_foil = torch.softmax(model.run(pairs)[0, :4], -1)[torch.arange(4), foils]
+    assert diff.shape == (1, 4)
+    assert torch.allclose(diff[0], scores.step_scores["probability"][0] - p_foil, atol=1e-6)
 
 
 def test_contrast_on_a_decoder_only_model_is_linear_in_the_target(tiny):

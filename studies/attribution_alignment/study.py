@@ -10,6 +10,8 @@ mean rank of the right one, and for agreement how often the subject outscores ev
 
 from __future__ import annotations
 
+import pandas as pd
+
 import trilens
 from trilens.attention import relevancy_maps
 from trilens.attribution import attribute
@@ -124,8 +126,6 @@ def run(ctx: StudyContext) -> None:
             if isinstance(m, dict):
                 rows.append({"run": short, "method": method, **m})
         ctx.figure(f"{short.replace('/', '_')}_example", first.figure(0))
-    import pandas as pd
-
     table = pd.DataFrame(rows)
     ctx.table("alignment", table)
     _summary(ctx, table)
@@ -157,10 +157,10 @@ def _summary(ctx: StudyContext, table) -> None:
     ctx.say()
     for run_name, part in table.groupby("run", sort=False):
         first = part.iloc[0]
+        against = first.get("chance_over_attractors")
         ctx.say(f"## {run_name} (chance: top-1 {first.chance_top1:.3f}, rank {first.chance_rank:.2f}"
-                + (f", subj>attr {first.chance_over_attractors:.3f})" if "chance_over_attractors" in part and
-                   part.chance_over_attractors.notna().all() else ")"))
+                + (f", subj>attr {against:.3f})" if pd.notna(against) else ")"))
         for _, r in part.iterrows():
-            extra = f", subj>attr {r.subject_over_attractors:.3f}" if "subject_over_attractors" in r and r.notna().get(
-                "subject_over_attractors", False) else ""
+            beats = r.get("subject_over_attractors")
+            extra = f", subj>attr {beats:.3f}" if pd.notna(beats) else ""
             ctx.say(f"- {r.method}: top-1 {r.top1:.3f}, mean rank {r.mean_rank:.2f}{extra}")

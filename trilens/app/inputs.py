@@ -71,3 +71,21 @@ def prepare(model: Model, inp: AppInput) -> Prepared:
             raise InputError("the model generated nothing for this source; type a target in the sidebar.")
         counts["decoder"] = token_counts(model, AppInput(inp.text, target))["decoder"]
     return Prepared((inp.text, target), counts, target, generated)
+
+
+def read_position(model: Model, prep: Prepared) -> int | None:
+    """Where an encoder's per-position views read the text: its mask (None: the library finds it), or the first token
+    ([CLS]) where the text has no mask."""
+    mask = getattr(model.tokenizer, "mask_token", None)
+    return None if mask and mask in prep.model_input else 0
+
+
+def new_tokens(model: Model, prep: Prepared, wanted: int) -> int:
+    """How many tokens a decoder-only model may generate after the text: ``wanted``, within its context."""
+    if model.family != "decoder" or model.max_length is None:
+        return wanted
+    room = model.max_length - prep.n_tokens["decoder"]
+    if room < 1:
+        raise InputError(f"the text fills this model's context of {model.max_length} tokens: there is no room to "
+                         "generate. Shorten it.")
+    return min(wanted, room)

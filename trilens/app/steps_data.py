@@ -14,8 +14,7 @@ from ..attention import (
 )
 from ..attention.flow import MAX_FLOW_TOKENS
 from ..capture.steps_input import step_inputs
-from ..errors import InputError
-from .inputs import GENERATED_TARGET_TOKENS, Prepared
+from .inputs import GENERATED_TARGET_TOKENS, Prepared, new_tokens, read_position
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -33,16 +32,10 @@ def steps_view(model: Model, prep: Prepared) -> StepsView:
     """Per-step metrics (decoder-only: the model continues the text; encoder-decoder: the given or generated target)
     and the maps of the same steps; an encoder's maps are read at its mask."""
     if model.family == "encoder":
-        mask = getattr(model.tokenizer, "mask_token", None)
-        at = None if mask and mask in prep.model_input else 0  # no mask: read the first token ([CLS])
-        return StepsView(None, relevancy_maps(model, [prep.model_input], methods=_methods(model, prep), position=at))
+        return StepsView(None, relevancy_maps(model, [prep.model_input], methods=_methods(model, prep),
+                                              position=read_position(model, prep)))
     inputs: Any = [prep.model_input]
-    new = GENERATED_TARGET_TOKENS
-    if model.family == "decoder" and model.max_length is not None:  # the continuation must fit the context
-        new = min(new, model.max_length - prep.n_tokens["decoder"])
-        if new < 1:
-            raise InputError(f"the text fills this model's context of {model.max_length} tokens: there is no room to "
-                             "generate. Shorten it.")
+    new = new_tokens(model, prep, GENERATED_TARGET_TOKENS)
     steps = step_inputs(model, inputs, max_new_tokens=new)
     result = attention_steps(model, steps, sensitivity="estimate", probes=SENSITIVITY_PROBES)
     return StepsView(result, relevancy_maps(model, steps, methods=_methods(model, prep, len(steps.rows[0]))))

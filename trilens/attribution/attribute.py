@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..capture.grad_hooks import embedding_modules
-from ..capture.objectives import ScoredRows, token_id
+from ..capture.objectives import token_id
 from ..errors import InputError
 from ..provenance import jsonable, provenance
 from .forward import StepForward
@@ -85,20 +85,20 @@ def attribute(model: Model, inputs: Any, targets: Any = None, *, method: str = "
                       total=-(-n // batch_size)):
         rows = slice(start, min(n, start + batch_size))
         chunks.append(_chunk(model, spec, steps, rows, stacks, score, base, n_steps, method_args or {},
-                             internal_batch_size, step_batch, progress))
-    raw, deltas = _assemble(model, steps, chunks, stacks, spec)
+                             internal_batch_size, step_batch, names, progress))
+    has_target = model.family == "decoder" or len(stacks) > 1  # an encoder-decoder's prefix only when asked for
+    raw, deltas = _assemble(model, steps, chunks, spec, has_target)
     valid = steps.scored.valid
-    scores = compute_step_scores(model, steps, names, batch_size)
+    scores = {name: torch.cat([c["scores"][name] for c in chunks]) for name in names}
     params = {"method": spec.name, "captum": spec.captum, "score": score, "contrast": jsonable(contrast),
-              "baseline": base if isinstance(base, (str, int)) or base is None else str(base),
+              "baseline": base,
               "include_target": include_target, "n_steps": n_steps if spec.steps else None,
               "method_args": jsonable(method_args or {}), "targets": "generated" if steps.generated else "given",
               "step_scores": names, "batch_size": batch_size, "internal_batch_size": internal_batch_size,
               "max_new_tokens": max_new_tokens}
     return AttributionResult(raw=raw, has_hidden=spec.kind != "perturbation", valid=valid,
                              source_tokens=steps.source_tokens,
-                             target_tokens=steps.target_tokens if len(stacks) > 1 or model.family == "decoder"
-                             else [[] for _ in steps.rows],
+                             target_tokens=steps.target_tokens if has_target else [[] for _ in steps.rows],
                              step_tokens=steps.step_tokens, step_scores=scores, deltas=deltas, family=model.family,
                              info=provenance(model, "attribute", params, n,
                                              rows_run=sum(c["rows_run"] for c in chunks)))
@@ -130,42 +130,41 @@ def _baseline_choice(model: Model, spec: MethodSpec, baseline: Any) -> Any:
 
 def _chunk(model: Model, spec: MethodSpec, steps: AttributionSteps, rows: slice, stacks: list[str], score: str,
            base: Any, n_steps: int, method_args: dict[str, Any], internal_batch_size: int | None,
-           step_batch: int | None, progress: bool) -> dict[str, Any]:
-    """captum's attributions for the inputs ``rows``: ``{stack: [input, step, position(, d)]}`` and the deltas."""
+           step_batch: int | None, names: Sequence[str], progress: bool) -> dict[str, Any]:
+    """captum's attributions for the inputs ``rows`` (``{stack: [input, step, position(, d)]}``), the deltas, and the
+    step scores ``names``."""
     import captum.attr as ca
 
     batch = model.encode(steps.rows[rows]).to(model.device)
-    s = steps.scored
-    scored = ScoredRows(s.positions[rows], s.tokens[rows], None if s.foils is None else s.foils[rows], s.valid[rows])
+    scored = steps.scored.take(rows)
     n_in, n_t = scored.positions.shape
     fwd = StepForward(model, batch, scored, score, stacks, ids=spec.kind == "layer", share=spec.share,
                       step_batch=step_batch)
-    ids = [batch.ids[st].repeat_interleave(n_t, 0) for st in stacks]
-    modules = embedding_modules(model)
-    with torch.no_grad():
-        embeds = [modules[st](i) for st, i in zip(stacks, ids)]
     per_pass = internal_batch_size or n_in * n_t * _points_per_pass(model, batch, n_in, n_t)
     kwargs: dict[str, Any] = dict(spec.defaults)
-    if spec.kind == "layer":
+    if spec.kind == "layer":  # inputs are ids, each input's repeated once per step; captum embeds them
         method = ca.LayerIntegratedGradients(fwd, layer=fwd.embed[stacks[0]] if len(stacks) == 1
                                              else [fwd.embed[st] for st in stacks])
-        inputs: tuple = tuple(ids)
-        kwargs["baselines"] = tuple(torch.full_like(i, base) for i in ids)
-    else:
+        inputs: tuple = tuple(batch.ids[st].repeat_interleave(n_t, 0) for st in stacks)
+        kwargs["baselines"] = tuple(torch.full_like(i, base) for i in inputs)
+    else:  # inputs are each input's token embeddings, repeated once per step
         method = getattr(ca, spec.captum)(fwd)
-        inputs = tuple(e.requires_grad_(spec.kind == "gradient") for e in embeds)
+        modules = embedding_modules(model)
+        with torch.no_grad():
+            embeds = [modules[st](batch.ids[st]) for st in stacks]
+        inputs = tuple(e.repeat_interleave(n_t, 0).requires_grad_(spec.kind == "gradient") for e in embeds)
         if base is not None:
             kwargs["baselines"] = tuple(_baseline(modules[st], e, base) for st, e in zip(stacks, embeds))
     if spec.steps:
         kwargs.update(n_steps=n_steps, internal_batch_size=per_pass)
     if spec.delta:
         kwargs["return_convergence_delta"] = True
-    if spec.name == "occlusion":
-        kwargs["sliding_window_shapes"] = tuple((1, e.shape[-1]) for e in embeds)
-    if spec.name == "feature_ablation":
-        offsets = [0] + [e.shape[1] for e in embeds][:-1]
-        kwargs["feature_mask"] = tuple((torch.arange(e.shape[1]) + sum(offsets[: k + 1]))[None, :, None].expand(1, -1, e.shape[-1])
-                                       for k, e in enumerate(embeds))
+    if spec.name == "occlusion":  # one token (all of its embedding) at a time
+        kwargs["sliding_window_shapes"] = tuple((1, e.shape[-1]) for e in inputs)
+    if spec.name == "feature_ablation":  # one feature per token, numbered across the stacks
+        starts = torch.tensor([0] + [e.shape[1] for e in inputs]).cumsum(0)
+        kwargs["feature_mask"] = tuple((start + torch.arange(e.shape[1]))[None, :, None].expand(1, -1, e.shape[-1])
+                                       for start, e in zip(starts.tolist(), inputs))
     if spec.kind == "perturbation":
         kwargs.update(perturbations_per_eval=max(1, per_pass // (n_in * n_t)), show_progress=progress)
     kwargs.update(method_args)
@@ -189,7 +188,8 @@ def _chunk(model: Model, spec: MethodSpec, steps: AttributionSteps, rows: slice,
     deltas = None
     if delta is not None:
         deltas = delta.detach().float().reshape(-1, n_in * n_t).abs().amax(0).reshape(n_in, n_t)
-    return {"attrs": found, "deltas": deltas, "rows_run": fwd.blocks_run}
+    return {"attrs": found, "deltas": deltas, "rows_run": fwd.rows_run,
+            "scores": compute_step_scores(model, batch, scored, names)}
 
 
 def _baseline(module: torch.nn.Module, embeds: torch.Tensor, base: Any) -> torch.Tensor:
@@ -208,33 +208,23 @@ def _points_per_pass(model: Model, batch: Any, n_in: int, n_t: int) -> int:
     return max(1, PASS_BUDGET // max(1, n_in * per_input))
 
 
-def _assemble(model: Model, steps: AttributionSteps, chunks: list[dict[str, Any]], stacks: list[str],
-              spec: MethodSpec) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """``{"source": [input, step, token(, d)], "target": ...}`` from the chunks' per-stack attributions."""
+def _assemble(model: Model, steps: AttributionSteps, chunks: list[dict[str, Any]], spec: MethodSpec,
+              has_target: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """``{"source": [input, step, token(, d)], "target": ...}`` from the chunks' per-stack attributions: an
+    encoder-decoder's parts are its two stacks; a decoder-only sequence holds the prompt, then the prefix."""
     n, n_t = steps.scored.positions.shape
     extra = () if spec.kind == "perturbation" else (model.d_model,)
-    widths = {"source": max(steps.source_lengths),
-              "target": max(steps.target_lengths) if len(stacks) > 1 or model.family == "decoder" else 0}
+    widths = {"source": max(steps.source_lengths), "target": max(steps.target_lengths) if has_target else 0}
     raw = {p: torch.zeros(n, n_t, w, *extra) for p, w in widths.items()}
-    deltas = torch.zeros(n, n_t) if chunks[0]["deltas"] is not None else None
-    b = 0
-    for c in chunks:
-        for i in range(next(iter(c["attrs"].values())).shape[0]):
-            steps_i = c["attrs"][stacks[0]].shape[1]
-            src, tgt = steps.source_lengths[b], steps.target_lengths[b]
-            if model.family == "encoder-decoder":
-                raw["source"][b, :steps_i, :src] = c["attrs"]["encoder"][i, :, :src]
-                if widths["target"]:
-                    raw["target"][b, :steps_i, :tgt] = c["attrs"]["decoder"][i, :, :tgt]
-            else:
-                a = c["attrs"][stacks[0]][i]
-                raw["source"][b, :steps_i, :src] = a[:, :src]
-                if widths["target"]:
-                    raw["target"][b, :steps_i, :tgt] = a[:, src: src + tgt]
-            if deltas is not None:
-                deltas[b, :steps_i] = c["deltas"][i]
-            b += 1
-    valid = steps.scored.valid
-    keep = valid.reshape(*valid.shape, *[1] * (raw["source"].dim() - 2))
-    raw = {p: r * keep for p, r in raw.items()}
-    return raw, None if deltas is None else deltas * valid
+    rows = [(c, i) for c in chunks for i in range(len(next(iter(c["attrs"].values()))))]
+    for b, (c, i) in enumerate(rows):
+        src, tgt = steps.source_lengths[b], steps.target_lengths[b] if has_target else 0
+        if model.family == "encoder-decoder":
+            raw["source"][b, :, :src] = c["attrs"]["encoder"][i, :, :src]
+            raw["target"][b, :, :tgt] = c["attrs"]["decoder"][i, :, :tgt] if tgt else 0
+        else:
+            a = next(iter(c["attrs"].values()))[i]
+            raw["source"][b, :, :src] = a[:, :src]
+            raw["target"][b, :, :tgt] = a[:, src: src + tgt]
+    deltas = torch.cat([c["deltas"] for c in chunks]) * steps.scored.valid if chunks[0]["deltas"] is not None else None
+    return raw, deltas

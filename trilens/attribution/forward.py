@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,7 +35,7 @@ class _SharedSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, run: Callable, n_steps: int, *embeds: torch.Tensor) -> torch.Tensor:
-        values, grads = run([e.view(-1, n_steps, *e.shape[1:])[:, 0] for e in embeds], True)
+        values, grads = run([_first_of_blocks(e, n_steps) for e in embeds], True)
         ctx.n_steps = n_steps
         ctx.save_for_backward(*grads)
         return values.reshape(-1).to(embeds[0].dtype)
@@ -79,7 +80,7 @@ class StepForward(torch.nn.Module):
         modules = embedding_modules(model)
         self.embed = torch.nn.ModuleDict({s: _Embed(modules[s]) for s in self.stacks})
         self.n_inputs, self.n_steps = rows.positions.shape
-        self.blocks_run = 0  # model rows run, for tests and benchmarks
+        self.rows_run = 0  # rows the model ran (one per block where rows are shared), for provenance
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         embeds = [self.embed[s](x) for s, x in zip(self.stacks, inputs)] if self.ids else list(inputs)
@@ -90,16 +91,16 @@ class StepForward(torch.nn.Module):
             if torch.is_grad_enabled() and any(e.requires_grad for e in embeds):
                 return _SharedSteps.apply(self._per_block, self.n_steps, *embeds)
             with torch.no_grad():
-                values, _ = self._per_block([e.view(-1, self.n_steps, *e.shape[1:])[:, 0] for e in embeds], False)
+                values, _ = self._per_block([_first_of_blocks(e, self.n_steps) for e in embeds], False)
             return values.reshape(-1).to(embeds[0].dtype)
         return self._per_row(embeds)
 
     def _per_block(self, embeds: list[torch.Tensor], grads: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``[blocks, steps]`` scores of blocks with these embeddings, and (``grads``) each step's gradient at them."""
         index = torch.arange(embeds[0].shape[0]) % self.n_inputs
-        batch, rows = self.batch.rows(index), _rows(self.rows, index)
+        batch, rows = self.batch.rows(index), self.rows.take(index)
         given = dict(zip(self.stacks, embeds))
-        self.blocks_run += len(index)
+        self.rows_run += len(index)
         if not grads:
             return step_values(self.model, batch, rows, self.score, given), []
         values, found = embedding_step_gradients(self.model, batch, rows, given, score=self.score,
@@ -111,21 +112,21 @@ class StepForward(torch.nn.Module):
         n_rows = embeds[0].shape[0]
         r = torch.arange(n_rows)
         b, t = (r // self.n_steps) % self.n_inputs, r % self.n_steps
-        one = ScoredRows(self.rows.positions[b, t][:, None], self.rows.tokens[b, t][:, None],
-                         None if self.rows.foils is None else self.rows.foils[b, t][:, None], self.rows.valid[b, t][:, None])
-        self.blocks_run += n_rows
+        one = self.rows.take(b[:, None], t[:, None])  # [rows, 1]: each row's own step
+        self.rows_run += n_rows
         with frozen_weights(self.model.hf_model):
             return step_values(self.model, self.batch.rows(b), one, self.score, dict(zip(self.stacks, embeds)))[:, 0]
 
 
 def _steps_equal(e: torch.Tensor, n_steps: int) -> bool:
-    blocks = e.detach().view(-1, n_steps, *e.shape[1:])
+    """Whether every block of ``n_steps`` rows holds one row repeated."""
+    blocks = e.detach().reshape(-1, n_steps, *e.shape[1:])
     return bool(torch.equal(blocks, blocks[:, :1].expand_as(blocks)))
 
 
-def _rows(rows: ScoredRows, index: torch.Tensor) -> ScoredRows:
-    return ScoredRows(rows.positions[index], rows.tokens[index], None if rows.foils is None else rows.foils[index],
-                      rows.valid[index])
+def _first_of_blocks(e: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """``[blocks, ...]``: the first row of each block of ``n_steps`` rows."""
+    return e.reshape(-1, n_steps, *e.shape[1:])[:, 0]
 
 
 def step_values(model: Model, batch: Batch, rows: ScoredRows, score: str,
@@ -136,7 +137,7 @@ def step_values(model: Model, batch: Batch, rows: ScoredRows, score: str,
     with replaced_embeddings(model, embeds or {}), head_rows(model, rows.positions):
         logits = model.hf_model(**batch.to(model.device).forward_kwargs()).logits
     steps = torch.arange(rows.positions.shape[1]).expand_as(rows.positions)
-    return token_scores(logits, ScoredRows(steps, rows.tokens, rows.foils, rows.valid), score)
+    return token_scores(logits, replace(rows, positions=steps), score)
 
 
 @contextmanager

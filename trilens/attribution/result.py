@@ -77,6 +77,10 @@ class AttributionResult(Result):
     def scores(self, sequence: int = 0, part: str = "source") -> torch.Tensor:
         """``[step, token]`` of one sequence (its real steps and tokens), aggregated as this result says."""
         self._check(sequence, part)
+        return self._both(sequence)[part]
+
+    def _both(self, sequence: int) -> dict[str, torch.Tensor]:
+        """``scores`` of both parts (normalisation needs them together)."""
         steps = int(self.valid[sequence].sum())
         parts = {}
         for p in PARTS:
@@ -85,7 +89,7 @@ class AttributionResult(Result):
             parts[p] = agg.sum_groups(values, self._groups(sequence, p)) if width else values
         if self.normalise == "l1":
             parts = dict(zip(PARTS, agg.l1_normalise([parts[p] for p in PARTS])))
-        return parts[part]
+        return parts
 
     def top_source(self, sequence: int = 0, k: int = 1) -> list[list[int]]:
         """Per step of ``sequence``, the ``k`` source positions (words) with the highest score, highest first."""
@@ -113,8 +117,9 @@ class AttributionResult(Result):
 
         frames = []
         for b in range(self.n_inputs):
+            both = self._both(b)
             for part in PARTS:
-                m, tokens = self.scores(b, part), self.tokens(b, part)
+                m, tokens = both[part], self.tokens(b, part)
                 if m.numel() == 0:
                     continue
                 steps, cols = np.divmod(np.arange(m.numel()), m.shape[1])
@@ -128,15 +133,19 @@ class AttributionResult(Result):
         """Heatmap of source and target-prefix tokens x generated steps, with the step scores underneath."""
         from ..viz import attribution_map
 
-        src, tgt = self.scores(sequence, "source"), self.scores(sequence, "target")
+        self._check(sequence)
+        both = self._both(sequence)
+        src, tgt = both["source"], both["target"]
         steps = int(self.valid[sequence].sum())
         return attribution_map(torch.cat([src, tgt], 1).T, self.tokens(sequence, "source") + self.tokens(sequence, "target"),
                                self.step_tokens[sequence][:steps], n_source=src.shape[1],
                                step_scores={k: v[sequence, :steps].tolist() for k, v in self.step_scores.items()},
                                title=f"{self.method} attributions — {self.info.get('model', '')}",
-                               value_title=self._value_title())
+                               value_title=self.value_title)
 
-    def _value_title(self) -> str:
+    @property
+    def value_title(self) -> str:
+        """What a score is: the hidden-dimension aggregation (or a perturbation's score change) and the normalisation."""
         how = {"l2": "L2 norm", "sum": "sum"}[self.hidden] if self.has_hidden else "score change"
         return how + (", L1-normalised" if self.normalise == "l1" else "")
 

@@ -12,25 +12,18 @@ from ..capture.objectives import ScoredRows
 from .forward import head_rows
 
 if TYPE_CHECKING:
+    from ..inputs import Batch
     from ..model import Model
-    from .targets import AttributionSteps
 
 
-def step_scores(model: Model, steps: AttributionSteps, names: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
-    """``{name: [input, step]}`` (0 where a step does not exist)."""
+def step_scores(model: Model, batch: Batch, rows: ScoredRows, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``{name: [input, step]}`` for ``batch`` at ``rows`` from one plain forward pass (0 where a step does not
+    exist)."""
     if not names:
         return {}
-    s = steps.scored
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    for start in range(0, len(steps.rows), batch_size):
-        rows = slice(start, start + batch_size)
-        batch = model.encode(steps.rows[rows]).to(model.device)
-        with torch.inference_mode(), head_rows(model, s.positions[rows]):
-            logits = model.hf_model(**batch.forward_kwargs()).logits.float().cpu()
-        one = ScoredRows(s.positions[rows], s.tokens[rows], None if s.foils is None else s.foils[rows], s.valid[rows])
-        for name, value in _scores(logits, one, names).items():
-            out[name].append(value.masked_fill(~one.valid, 0.0))
-    return {name: torch.cat(v) for name, v in out.items()}
+    with torch.inference_mode(), head_rows(model, rows.positions):
+        logits = model.hf_model(**batch.forward_kwargs()).logits.float().cpu()
+    return {name: value.masked_fill(~rows.valid, 0.0) for name, value in _scores(logits, rows, names).items()}
 
 
 def _scores(logits: torch.Tensor, rows: ScoredRows, names: Sequence[str]) -> dict[str, torch.Tensor]:

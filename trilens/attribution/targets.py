@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..capture.objectives import ScoredRows, token_id
+from ..capture.objectives import ScoredRows, token_id, token_position
 from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
 
@@ -46,7 +46,7 @@ def attribution_steps(model: Model, inputs: Any, targets: Any = None, *, contras
         raise InputError("position= chooses an encoder's slot; a generating model is attributed at every step.")
     steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
         model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
-    if targets is not None or isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, tuple) for x in inputs):
+    if not steps.generated:  # a given target, not the model's own tokens
         _check_known(model, steps.step_ids, "target")
     foils = None if contrast is None else _foils(model, steps, contrast)
     counts = steps.valid.sum(1).tolist()
@@ -127,11 +127,8 @@ def _masked_steps(model: Model, inputs: Any, targets: Any, contrast: Any, positi
     slots: list[list[int]] = []
     for b in range(n):
         if position is not None:
-            p = position[b] if isinstance(position, (list, tuple)) else position
-            p = p + lengths[b] if p < 0 else p
-            if not 0 <= p < lengths[b]:
-                raise InputError(f"position {p} does not exist in input {b}, which has {lengths[b]} tokens.")
-            slots.append([int(p)])
+            slots.append([token_position(position[b] if isinstance(position, (list, tuple)) else position,
+                                         lengths[b], b)])
         else:
             hits = (ids[b] == mask_id).nonzero().flatten().tolist() if mask_id is not None else []
             if not hits:

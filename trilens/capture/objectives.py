@@ -37,6 +37,13 @@ class ScoredRows:
     foils: torch.Tensor | None  # [batch, n] long
     valid: torch.Tensor  # [batch, n] bool (False: padding steps, scored as 0)
 
+    def take(self, *index: Any) -> ScoredRows:
+        """The rows (and columns) ``index`` selects, as tensor indexing does (``take(rows)``, ``take(b, t)``)."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return ScoredRows(cut(self.positions), cut(self.tokens), cut(self.foils), cut(self.valid))
+
 
 class Objective:
     """Base class. ``per_step`` objectives give one scalar per column (teacher-forced step) and row."""
@@ -100,6 +107,18 @@ def _per_row(value: Any, n_rows: int, what: str) -> list[Any]:
             raise InputError(f"{len(values)} {what}s for {n_rows} inputs: give one {what}, or one per input.")
         return values
     return [value] * n_rows
+
+
+def token_position(p: Any, length: int, row: int) -> int:
+    """Position ``p`` (0 first, -1 last) among an input's ``length`` real tokens, as an index from its first one."""
+    try:
+        p = operator.index(p)
+    except TypeError:
+        raise InputError(f"a position is an int (0 first, -1 last) or 'mask', not {p!r}.") from None
+    rel = p + length if p < 0 else p
+    if not 0 <= rel < length:
+        raise InputError(f"position {p} does not exist in input {row}, which has {length} tokens.")
+    return rel
 
 
 def scored_stack(model: Model) -> str:
@@ -169,14 +188,7 @@ class TokenScore(Objective):
                                      "or pass position=.")
                 pos.append(int(hits[0]))
                 continue
-            try:
-                p = operator.index(p)
-            except TypeError:
-                raise InputError(f"a position is an int (0 first, -1 last) or 'mask', not {p!r}.") from None
-            rel = p + int(lengths[r]) if p < 0 else p
-            if not 0 <= rel < int(lengths[r]):
-                raise InputError(f"position {p} does not exist in input {r}, which has {int(lengths[r])} tokens.")
-            pos.append(int(first[r]) + rel)
+            pos.append(int(first[r]) + token_position(p, int(lengths[r]), r))
         positions = torch.tensor(pos, dtype=torch.long)[:, None]
         if self.token is None:
             own, has = _next_tokens(model, batch, positions)

@@ -13,14 +13,13 @@ MAX_COLUMNS = 24  # steps shown in the printed table
 def attribution_table(result: Any, sequence: int = 0, max_columns: int = MAX_COLUMNS) -> str:
     """Rows: source tokens, then the target prefix; columns: output steps; then the step scores."""
     import pandas as pd
+    import torch
 
     src, tgt = result.scores(sequence, "source"), result.scores(sequence, "target")
     steps = result.step_tokens[sequence][: min(src.shape[0], max_columns)]
     columns = [f"{t + 1}:{tok}" for t, tok in enumerate(steps)]
     labels = [f"src {i}:{tok}" for i, tok in enumerate(result.tokens(sequence, "source"))]
     labels += [f"tgt {i}:{tok}" for i, tok in enumerate(result.tokens(sequence, "target"))]
-    import torch
-
     values = torch.cat([src, tgt], 1)[: len(steps)].T.numpy()
     frame = pd.DataFrame(values, index=labels, columns=columns)
     for name, v in result.step_scores.items():
@@ -39,29 +38,21 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from ..attribution import attribute
 
     model = trilens.load(args.model)
-    if model.family == "encoder":
-        inputs, targets = [args.text], None if args.target is None else [args.target]
-    elif model.family == "encoder-decoder" and args.target is not None:
+    if model.family == "encoder-decoder" and args.target is not None:
         inputs, targets = [(args.text, args.target)], None
     else:
         inputs, targets = [args.text], None if args.target is None else [args.target]
-    method_args = {}
-    if args.abs:
-        method_args["abs"] = True
-    contrast = args.contrast
-    if contrast is not None and model.family == "encoder":
-        contrast = [contrast]
     step_scores = list(args.step_scores)
-    if contrast is not None and "contrast_prob_diff" not in step_scores:
+    if args.contrast is not None and "contrast_prob_diff" not in step_scores:
         step_scores.append("contrast_prob_diff")
-    result = attribute(model, inputs, targets, method=args.method, contrast=contrast, score=args.score,
+    result = attribute(model, inputs, targets, method=args.method, contrast=args.contrast, score=args.score,
                        step_scores=step_scores, baseline=args.baseline, n_steps=args.n_steps,
-                       max_new_tokens=args.max_new_tokens, method_args=method_args or None,
+                       max_new_tokens=args.max_new_tokens, method_args={"abs": True} if args.abs else None,
                        include_target=not args.source_only, progress=not args.no_progress)
     result = result.aggregate(args.hidden, words=args.words, normalise=args.normalise)
     what = "contrastive " if args.contrast is not None else ""
     print(f"{result.method} {what}attributions — {model.name}, {result.info['params']['targets']} target, "
-          f"score {result.info['params']['score']}, per token: {result._value_title()}\n")
+          f"score {result.info['params']['score']}, per token: {result.value_title}\n")
     print(attribution_table(result))
     if args.out:
         out = result.save(args.out, figure=True)
