@@ -32,6 +32,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to file ``path`` through a temporary sibling renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_saved(path: str | os.PathLike, json_name: str, tensors_name: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(JSON metadata, tensors) of a result folder written by a ``save`` method; a clear error otherwise."""
     path = Path(path)

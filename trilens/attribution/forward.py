@@ -14,14 +14,18 @@ gradient only. Otherwise each row runs on its own, scoring its own step (plain a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..capture.grad_hooks import embedding_modules, frozen_weights, replaced_embeddings
+from ..capture.grad_hooks import (
+    embedding_modules,
+    frozen_weights,
+    head_rows,
+    replaced_embeddings,
+)
 from ..capture.gradients import embedding_step_gradients
 from ..capture.objectives import ScoredRows, token_scores
 from ..inputs import Batch
@@ -140,19 +144,3 @@ def step_values(model: Model, batch: Batch, rows: ScoredRows, score: str,
     return token_scores(logits, replace(rows, positions=steps), score)
 
 
-@contextmanager
-def head_rows(model: Model, positions: torch.Tensor) -> Iterator[None]:
-    """During the block the LM head's output projection sees only ``positions [batch, step]`` of its input, so the
-    logits are ``[batch, step, vocab]``."""
-    head = model.hf_model.get_output_embeddings()
-
-    def pre(module: torch.nn.Module, args: Any) -> Any:
-        x = args[0]
-        idx = positions.to(x.device)[..., None].expand(-1, -1, x.shape[-1])
-        return (x.gather(1, idx), *args[1:])
-
-    handle = head.register_forward_pre_hook(pre)
-    try:
-        yield
-    finally:
-        handle.remove()

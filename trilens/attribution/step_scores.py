@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..capture.grad_hooks import head_rows
 from ..capture.objectives import ScoredRows
-from .forward import head_rows
 
 if TYPE_CHECKING:
     from ..inputs import Batch

@@ -127,6 +127,24 @@ def head_input(model: Model) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
+@contextmanager
+def head_rows(model: Model, positions: torch.Tensor) -> Iterator[None]:
+    """During the block the LM head's output projection sees only ``positions [batch, step]`` of its input, so the
+    logits are ``[batch, step, vocab]``."""
+    head = model.hf_model.get_output_embeddings()
+
+    def pre(module: torch.nn.Module, args: Any) -> Any:
+        x = args[0]
+        idx = positions.to(x.device)[..., None].expand(-1, -1, x.shape[-1])
+        return (x.gather(1, idx), *args[1:])
+
+    handle = head.register_forward_pre_hook(pre)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 # Elementwise activation modules (HF's ``ACT2FN`` classes and torch's), minus those whose backward is already one
 # cheap operation (ReLU-like) or nothing (identity).
 _PIECEWISE_LINEAR = ("ReLU", "ReLU6", "LeakyReLU", "LinearActivation", "Identity")

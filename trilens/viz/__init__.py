@@ -8,9 +8,10 @@ studies import plotly.
 from .attention import attention, attention_pattern, head_grid
 from .attribution import attribution_map
 from .curves import curves
+from .features import feature_values, rewrite_grid, training_curve
 from .heatmap import layer_heatmap
 from .html import figure_html, write_html
 from .tokens import token_heatmap
 
-__all__ = ["attention", "attention_pattern", "head_grid", "attribution_map", "curves", "layer_heatmap", "token_heatmap", "figure_html",
-           "write_html"]
+__all__ = ["attention", "attention_pattern", "head_grid", "attribution_map", "curves", "feature_values", "layer_heatmap",
+           "rewrite_grid", "token_heatmap", "training_curve", "figure_html", "write_html"]

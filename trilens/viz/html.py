@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,6 @@ def figure_html(fig: Any, *, full_html: bool = True) -> str:
 
 def write_html(fig: Any, path: str | os.PathLike) -> Path:
     """Write ``figure_html(fig)`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(figure_html(fig))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..atomic import atomic_write_text
+
+    return atomic_write_text(path, figure_html(fig))
