@@ -154,7 +154,7 @@ def train_gradiend(model: Model, data: FeatureData, *, params: Sequence[str] | s
         opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
         order = list(range(len(batches)))
         random.Random(f"gradiend-order-{seed}").shuffle(order)
-        loss_value = float("nan")
+        loss_value: float | None = None  # no update before step 0 (None, not NaN: the curve is saved as JSON)
         for step in range(total + 1):
             if step % eval_every == 0 or step == total:
                 with torch.no_grad():
