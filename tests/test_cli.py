@@ -71,7 +71,7 @@ def test_help_lists_every_subcommand(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["info", "capture", "lens", "probe", "attention", "attribute", "study", "app"]
+    assert names == ["info", "capture", "lens", "probe", "attention", "attribute", "gradiend", "study", "app"]
     for name in names:
         assert f"    {name} " in out
 
@@ -160,3 +160,46 @@ def test_attribute_command(tiny_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["attribute", str(tiny_path("gpt2")), "the cat", "--method", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def _concept_rows(path):
+    """A tiny two-class concept in the tiny models' words: the slot takes she (A) or he (B); two neutral rows."""
+    rows = []
+    for i, start in enumerate(["the cat", "a dog", "the big cat", "a small dog", "the red cat", "a blue dog"]):
+        for cls, (fact, cf) in {"A": ("she", "he"), "B": ("he", "she")}.items():
+            rows.append({"text": f"{start} sat and [MASK] was here", "factual": fact, "counterfactual": cf,
+                         "class": cls, "split": "test" if i >= 4 else "train"})
+    rows += [{"text": "the cat sat on the [MASK]", "factual": "mat", "class": None},
+             {"text": "a dog was [MASK]", "factual": "here", "class": None}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_gradiend_commands(tiny_path, tmp_path, capsys):
+    import trilens
+    from trilens import load_result
+
+    data = _concept_rows(tmp_path / "rows.jsonl")
+    model = str(tiny_path("bert"))
+    out = tmp_path / "feature"
+    assert main(["gradiend", "train", model, "--data", str(data), "--out", str(out), "--batch-size", "2", "--steps", "4",
+                 "--eval-every", "2", "--seeds", "0", "--grid", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out |r|" in printed and "RewriteGrid(54 rewrites" in printed
+    assert {p.name for p in out.iterdir()} == {"gradiend", "encodings", "rewrite_grid", "data.jsonl"}
+    gradiend = load_result(out / "gradiend")
+    assert list(gradiend.to_frame()["step"]) == [0, 2, 4] and (out / "gradiend" / "figure.html").exists()
+    assert main(["gradiend", "encode", model, str(out), "the cat sat and [MASK] was here", "--token", "she"]) == 0
+    assert "the cat sat and [MASK] was here" in capsys.readouterr().out
+    assert main(["gradiend", "rewrite", model, str(out), "--toward", "A", "--alpha", "0.5", "--out",
+                 str(tmp_path / "rw"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rewritten: P(A)" in printed and f"h={gradiend.h_toward('A'):+g}, α=0.5" in printed
+    assert trilens.load(tmp_path / "rw").family == "encoder"
+    assert main(["gradiend", "rewrite", model, str(out), "--metric", "bpi", "--out", str(tmp_path / "rw2"),
+                 "--no-progress"]) == 0
+    assert "chosen for bpi" in capsys.readouterr().out
+    assert main(["gradiend", "rewrite", model, str(out), "--out", str(tmp_path / "rw3")]) == 2
+    assert "give --alpha" in capsys.readouterr().err
+    assert main(["gradiend", "train", model, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a file" in capsys.readouterr().err

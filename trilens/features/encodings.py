@@ -84,6 +84,37 @@ class EncodingResult(Result):
                    classes=data["classes"], info=info)
 
 
+def _with_class_tokens(gradiend: Gradiend, model: Model, rows: list[FeatureRow]) -> list[FeatureRow]:
+    """Rows without a counterfactual token get one where their slot token (given, or the model's prediction) is a
+    class token: the other class's first token. Their gradient is then read as the GRADIEND was trained to read it; the
+    rest (neutral text) are read by their factual gradient."""
+    from dataclasses import replace
+
+    from ..capture.objectives import token_id
+    from .gradients import slot_batch, slot_logprobs
+
+    open_rows = [i for i, r in enumerate(rows) if r.counterfactual is None]
+    if not open_rows:
+        return rows
+    predicted = {}
+    unknown = [i for i in open_rows if rows[i].factual is None]
+    if unknown:
+        with torch.inference_mode():
+            ids = slot_logprobs(model, slot_batch(model, [rows[i] for i in unknown])).argmax(-1).tolist()
+        predicted = dict(zip(unknown, ids))
+    owner = {token_id(model, t): c for c, tokens in gradiend.class_tokens.items() for t in tokens}
+    out = list(rows)
+    for i in open_rows:
+        tid = predicted[i] if i in predicted else token_id(model, rows[i].factual)
+        cls = owner.get(tid)
+        if cls is None:
+            out[i] = replace(rows[i], factual=tid) if i in predicted else rows[i]
+            continue
+        other = gradiend.class_tokens[gradiend.classes[1 - gradiend.classes.index(cls)]][0]
+        out[i] = replace(rows[i], factual=tid, counterfactual=other)
+    return out
+
+
 def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | str], *,
                 labels: Sequence[str | None] | None = None, progress: bool = False) -> EncodingResult:
     """See ``Gradiend.encode``."""
@@ -95,13 +126,14 @@ def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | st
         raise InputError("no texts to encode.")
     if labels is not None and len(labels) != len(rows):
         raise InputError(f"{len(labels)} labels for {len(rows)} texts.")
-    rows = [r if isinstance(r, FeatureRow) else FeatureRow(r, None) for r in rows]
+    rows = _with_class_tokens(gradiend, model, [r if isinstance(r, FeatureRow) else FeatureRow(r, None) for r in rows])
     given = [r.label for r in rows] if labels is None else list(labels)
     x, used = source_gradients(gradiend.reader(model), rows, gradiend.source, progress=progress)
     values = gradiend.encode_gradients(x)
-    tok = model.tokenizer
-    tokens = [tok.convert_ids_to_tokens(int(t)) if t >= 0 and tok is not None else str(r.factual)
-              for t, r in zip(used.tolist(), rows)]
+    from ..capture.objectives import token_id
+
+    ids = [t if t >= 0 else token_id(model, r.factual) for t, r in zip(used.tolist(), rows)]
+    tokens = model.tokenizer.convert_ids_to_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids]
     info = provenance(model, "gradiend_encode", {"source": gradiend.source}, len(rows),
                       gradiend={"classes": list(gradiend.classes), "evaluation_abs_r": gradiend.evaluation.get("abs_r")})
     return EncodingResult(values=values, texts=[r.text for r in rows], labels=given, tokens=tokens,
