@@ -16,7 +16,8 @@ from trilens.app.attention_data import attention_maps
 from trilens.app.inputs import prepare
 from trilens.app.state import DEFAULT_INPUTS, LOCAL
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Lens", "Decoder lens", "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Feature neurons", "Lens", "Decoder lens",
+        "Probes", "Compare")
 TIMEOUT = 180
 
 
@@ -67,6 +68,8 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
             assert "steps-curves" in _chart_ids(at)
     elif tab == "Attribution":
         assert "attr-map" in _chart_ids(at) and at.dataframe
+    elif tab == "Feature neurons":
+        assert "Train a feature neuron" in messages(at)
     elif tab == "Lens":
         assert "lens-heatmap" in _chart_ids(at)
     elif tab == "Decoder lens":
@@ -80,7 +83,7 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
         assert "second input" in messages(at)
 
 
-CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "attr-map", "lens-heatmap", "lens-rank",
+CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "attr-map", "feat-curve", "feat-values", "feat-grid", "lens-heatmap", "lens-rank",
               "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention")
 
 
@@ -265,3 +268,33 @@ def test_attribution_plots_the_results_of_the_library_and_slow_methods_wait_for_
 def test_attribution_without_a_trained_head_says_so(monkeypatch, tiny_path):
     at = start(monkeypatch, str(tiny_path("bert_headless")), tab="Attribution")
     assert not at.exception and "no trained LM head" in messages(at)
+
+
+def test_feature_neurons_read_the_input_and_draw_the_rewrite_grid(monkeypatch, tiny_path, tmp_path):
+    from test_cli import _concept_rows
+
+    from trilens.cli import main
+    from trilens.features import FeatureRow, Gradiend
+
+    model = str(tiny_path("bert"))
+    folder = tmp_path / "feature"
+    assert main(["gradiend", "train", model, "--data", str(_concept_rows(tmp_path / "rows.jsonl")), "--out", str(folder),
+                 "--batch-size", "2", "--steps", "4", "--eval-every", "2", "--seeds", "0", "--no-progress"]) == 0
+    text = "the cat sat and [MASK] was here"
+    at = start(monkeypatch, model, tab="Feature neurons", text=text, feat_path=str(folder))
+    assert not at.error and not at.warning, messages(at)
+    m = trilens.load(model)
+    expected = Gradiend.load(folder / "gradiend").encode(m, [FeatureRow(text, None)])
+    assert at.metric[0].value == f"{float(expected.values[0, 0]):+.3f}"
+    assert {"feat-curve", "feat-values"} <= _chart_ids(at) and "feat-grid" not in _chart_ids(at)
+    assert [int(x) for x in chart(at, "feat-curve").data[0].x] == [0, 2, 4]
+    at.button(key="feat_grid_compute").click().run()
+    assert not at.exception and "feat-grid" in _chart_ids(at)
+    at.selectbox(key="feat_metric").set_value("p_a").run()
+    assert "P(A)" in chart(at, "feat-grid").layout.yaxis.title.text
+    at.text_input(key="feat_path").set_value(str(tmp_path / "nowhere")).run()
+    assert not at.exception and "is not a folder" in messages(at)
+    at.text_input(key="feat_path").set_value(str(folder)).run()
+    at.session_state["text"] = "the cat sat and was here"
+    at.run()
+    assert not at.exception and "put one [MASK]" in messages(at)

@@ -19,7 +19,8 @@ from app_driver import (
     settle,
 )
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Lens", "Decoder lens", "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Feature neurons", "Lens", "Decoder lens",
+        "Probes", "Compare")
 MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5")
 ARCHITECTURES = {"zoo:gpt": "GPT2LMHeadModel", "zoo:bert": "BertForMaskedLM", "zoo:t5": "T5ForConditionalGeneration"}
 

@@ -19,8 +19,10 @@ import streamlit as st
 import trilens
 from trilens import Model
 
+from ..features.folder import FeatureFolder, read_feature_folder
 from .attention_data import AttentionMaps, attention_maps
 from .attribution_data import AttributionSettings, attribution_view
+from .feature_data import compute_grid, encode_input
 from .inputs import AppInput, Prepared, prepare
 from .lens_data import LensView, lens_view, load_tuned
 from .prediction import Prediction, predict
@@ -130,6 +132,31 @@ def attribution(source: str, text: str, target: str, settings: AttributionSettin
 @st.cache_data(max_entries=8, show_spinner=False)
 def probe(source: str, data: bytes, label: str) -> Any:
     return _run(source, lambda m: run_probe(m, data, label))
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def feature(path: str, modified: float) -> FeatureFolder:
+    """A trained GRADIEND folder (kept while unchanged on disk: ``modified`` is its time stamp)."""
+    return read_feature_folder(path)
+
+
+def feature_bundle(path: str) -> FeatureFolder:
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    return feature(path, folder.stat().st_mtime if folder.exists() else 0.0)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def feature_value(source: str, path: str, text: str, target: str) -> Any:
+    bundle = feature_bundle(path)
+    return _run(source, lambda m: encode_input(m, bundle.gradiend, AppInput(text, target)))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def feature_grid(source: str, path: str) -> Any:
+    bundle = feature_bundle(path)
+    return _run(source, lambda m: compute_grid(m, bundle.gradiend, bundle.data_path))
 
 
 def choose(key: str, options: list[T], default: T | None = None) -> None:

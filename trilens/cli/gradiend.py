@@ -7,8 +7,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-GRADIEND_DIR, ENCODINGS_DIR, GRID_DIR, DATA_FILE = "gradiend", "encodings", "rewrite_grid", "data.jsonl"
-
 
 def _data(model: Any, args: argparse.Namespace) -> Any:
     from ..features import read_jsonl, zoo_feature_data
@@ -19,13 +17,9 @@ def _data(model: Any, args: argparse.Namespace) -> Any:
 
 
 def _gradiend(path: Path) -> Any:
-    from ..errors import InputError
-    from ..features import Gradiend
+    from ..features.folder import read_feature_folder
 
-    folder = path / GRADIEND_DIR if (path / GRADIEND_DIR).is_dir() else path
-    if not folder.exists():
-        raise InputError(f"{path} does not exist: pass the folder `trilens gradiend train --out` wrote.")
-    return Gradiend.load(folder)
+    return read_feature_folder(path)
 
 
 def _means_line(enc: Any) -> str:
@@ -36,6 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import trilens
 
     from ..features import rewrite_grid, train_gradiend
+    from ..features.folder import write_feature_folder
 
     model = trilens.load(args.model)
     data = _data(model, args)
@@ -49,14 +44,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{gradiend.info['seconds']['total']:.1f} s")
     enc = gradiend.encode(model, data.test[: args.n_encode] + data.neutral[: args.n_encode], progress=not args.no_progress)
     print(f"encoded held-out and neutral texts: mean h {_means_line(enc)}")
-    out = Path(args.out)
-    gradiend.save(out / GRADIEND_DIR, figure=True)
-    enc.save(out / ENCODINGS_DIR, figure=True)
-    data.write_jsonl(out / DATA_FILE)
+    grid = None
     if args.grid:
         grid = rewrite_grid(model, gradiend, data, progress=not args.no_progress)
         print(grid.summary())
-        grid.save(out / GRID_DIR, figure=True)
+    out = write_feature_folder(args.out, gradiend, data, enc, grid)
     print(f"saved to {out} ({', '.join(p.name for p in sorted(out.iterdir()))})")
     return 0
 
@@ -67,7 +59,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from ..features import FeatureRow
 
     model = trilens.load(args.model)
-    gradiend = _gradiend(args.gradiend)
+    gradiend = _gradiend(args.gradiend).gradiend
     rows = [FeatureRow(t, args.token) for t in args.texts]
     enc = gradiend.encode(model, rows, progress=not args.no_progress)
     print(f"feature value h (+1 = {gradiend.classes[0]}, -1 = {gradiend.classes[1]}); slot token read\n")
@@ -86,8 +78,9 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     from ..features import read_jsonl, rewrite, rewrite_grid, save_model
 
     model = trilens.load(args.model)
-    gradiend = _gradiend(args.gradiend)
-    data_file = args.data or (args.gradiend / DATA_FILE if (args.gradiend / DATA_FILE).exists() else None)
+    folder = _gradiend(args.gradiend)
+    gradiend = folder.gradiend
+    data_file = args.data or folder.data_path
     if args.metric is not None:
         if data_file is None:
             raise InputError("the grid search needs data: pass --data F.jsonl (or the folder train wrote).")
