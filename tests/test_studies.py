@@ -15,7 +15,7 @@ def _shipped(*names):
 
 
 def test_the_studies_are_listed(capsys):
-    assert {"decoder_lens", "logit_lens", "attention_degeneration", "attribution_alignment"} <= set(list_studies())
+    assert {"decoder_lens", "logit_lens", "attention_degeneration", "attribution_alignment", "gradiend"} <= set(list_studies())
     assert cli(["study", "list"]) == 0
     assert "decoder_lens" in capsys.readouterr().out
 
@@ -132,3 +132,19 @@ def test_attribution_alignment_study_quick_run(tmp_path):
     assert table.startswith("run,method,top1") and "integrated_gradients" in table
     assert (tmp_path / "aa" / "summary.md").read_text().startswith("# Study attribution_alignment")
     assert (tmp_path / "aa" / "figures" / "t5_reverse_example.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_gradiend_study_quick_run(tmp_path):
+    ctx = run_study("gradiend", tmp_path / "g", quick=True, progress=False)
+    (row,) = ctx.metrics["encoders"]
+    # the feature reads the class on held-out names (A +, B -) and stays near 0 on neutral text
+    assert row["model"] == "zoo:bert" and row["abs_r"] > 0.9 and row["mean_A"] > 0 > row["mean_B"]
+    assert abs(row["mean_neutral"]) < 0.1
+    rewrites = {r["rewrite"]: r for r in ctx.metrics["rewrites"]}
+    assert rewrites["best a_directed"]["p_a"] > rewrites["base"]["p_a"] > rewrites["best b_directed"]["p_a"]
+    assert all(r["lms"] >= 0.99 * rewrites["base"]["lms"] for r in rewrites.values())
+    (kn,) = ctx.metrics["knowledge_neurons"]
+    assert 0 < kn["k"] <= kn["neurons_A"] + kn["neurons_B"] and kn["max_ig_delta"] < 1e-3
+    assert {"bert-training", "bert-encodings", "bert-rewrite-pa", "bert-knowledge-neurons"} <= set(ctx.figures)
+    assert (tmp_path / "g" / "tables" / "bert-rewrite-grid.csv").read_text().startswith("h,alpha,p_a")
