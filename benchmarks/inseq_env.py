@@ -3,14 +3,10 @@
     python benchmarks/inseq_env.py [--path benchmarks/.venv-inseq]    # prints the venv's python
 
 Inseq never goes into trilens's ``.venv``: it pins ``typeguard<=2.13.3`` and a long list of other floors. The venv is
-built in two steps so pip never chooses torch itself (a torch that pip picks on its own is the multi-GB CUDA build):
-
-1. ``pip install torch==2.13.0`` alone (the CPU wheel that this project's machines keep on disk); before it, a
-   ``pip install --dry-run --report`` must show no ``nvidia-*`` package and no CUDA torch, or nothing is installed.
-2. Everything else with ``-c constraints.txt`` (``INSEQ_CONSTRAINTS`` below: the exact versions that were installed and
-   tested together), so the torch from step 1 stays. Inseq 0.7.1's metadata lists ``nvidia-*-cu11`` packages under the
-   marker ``sys_platform == "Linux"``, which never matches (Python says ``linux``), so they are not installed either;
-   the check after step 2 makes sure.
+built as ``peer_env.py`` builds every peer tool's (torch alone first, checked to be the CPU build; then the rest under
+``INSEQ_CONSTRAINTS``, the exact versions that were installed and tested together). Inseq 0.7.1's metadata lists
+``nvidia-*-cu11`` packages under the marker ``sys_platform == "Linux"``, which never matches (Python says ``linux``),
+so they are not installed either; the check after the build makes sure.
 
 Inseq 0.7.1 works with transformers 5.23.0 (the version trilens uses), so the two environments load the same models
 with the same tokenizers (the zoo's ``TokenizersBackend`` tokenizer class exists only in transformers 5).
@@ -18,17 +14,11 @@ with the same tokenizers (the zoo's ``TokenizersBackend`` tokenizer class exists
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-import venv
 from pathlib import Path
 
-DEFAULT_PATH = Path("benchmarks/.venv-inseq")
+from peer_env import PeerEnv, cli, ensure_env
 
-TORCH = "torch==2.13.0"
+DEFAULT_PATH = Path("benchmarks/.venv-inseq")
 
 # What step 2 asks for; INSEQ_CONSTRAINTS fixes everything else.
 INSEQ_REQUIREMENTS = [
@@ -129,80 +119,18 @@ print(json.dumps({
 }))
 """
 _EXPECTED = {"torch": "2.13.0", "inseq": "0.7.1", "transformers": "5.23.0", "captum": "0.9.0", "typeguard": "2.13.3"}
-_MARKER = ".trilens-inseq-ok"
 
 
-def _python(path: Path) -> Path:
-    return path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def _run(cmd: list[str], log: Path) -> None:
-    with open(log, "a") as out:
-        out.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        out.flush()
-        done = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({done.returncode}); see {log}")
-
-
-def _check(python: Path) -> dict:
-    """The venv's versions; raises if they are not the tested ones or a CUDA torch / nvidia package is there."""
-    done = subprocess.run([str(python), "-c", _CHECK], check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the Inseq venv does not import: {done.stderr.strip()[-2000:]}")
-    found = json.loads(done.stdout.strip().splitlines()[-1])
-    wrong = {k: found[k] for k, v in _EXPECTED.items() if found[k].split("+")[0] != v}
-    if wrong or found["cuda"] is not None or found["nvidia"]:
-        raise RuntimeError(f"the Inseq venv is not the tested one: {found} (expected {_EXPECTED}, CPU torch)")
-    return found
-
-
-def _torch_dry_run(python: Path, log: Path) -> None:
-    """Refuse to install torch if pip would bring a CUDA build (nvidia-* packages) for it."""
-    report = log.parent / "torch-dry-run.json"
-    _run([str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), TORCH], log)
-    plan = json.loads(report.read_text())["install"]
-    names = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in plan}
-    cuda = sorted(n for n in names if n.startswith("nvidia"))
-    if cuda:
-        raise RuntimeError(
-            f"pip would install a CUDA torch ({names.get('torch')}, with {cuda}); refusing. Make a CPU wheel of"
-            f" {TORCH} reachable (e.g. PIP_FIND_LINKS or the PyTorch CPU index) and run again."
-        )
+SPEC = PeerEnv("inseq", tuple(INSEQ_REQUIREMENTS), tuple(INSEQ_CONSTRAINTS), _CHECK, _EXPECTED)
 
 
 def ensure_inseq_env(path: Path = DEFAULT_PATH) -> Path:
     """Create (if needed) the Inseq 0.7.1 venv at ``path`` and return its python. Install log: ``path/install.log``."""
-    path = Path(path).absolute()
-    python = _python(path)
-    marker = path / _MARKER
-    wanted = "\n".join([TORCH, *INSEQ_REQUIREMENTS, *INSEQ_CONSTRAINTS])
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
-    if not python.exists():
-        venv.EnvBuilder(with_pip=True, clear=path.exists()).create(path)
-    log = path / "install.log"
-    # Step 1: torch alone, checked first with a dry run.
-    _torch_dry_run(python, log)
-    _run([str(python), "-m", "pip", "install", TORCH], log)
-    # Step 2: everything else, with torch held by the constraints.
-    constraints = path / "constraints.txt"
-    constraints.write_text("\n".join(INSEQ_CONSTRAINTS) + "\n")
-    _run([str(python), "-m", "pip", "install", "-c", str(constraints), *INSEQ_REQUIREMENTS], log)
-    _check(python)
-    marker.write_text(wanted)
-    return python
+    return ensure_env(SPEC, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", type=Path, default=DEFAULT_PATH)
-    parser.add_argument("--check", action="store_true", help="also print the venv's versions")
-    args = parser.parse_args()
-    python = ensure_inseq_env(args.path)
-    if args.check:
-        print(json.dumps(_check(python)), file=sys.stderr)
-    print(python)
+    cli(SPEC, DEFAULT_PATH, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

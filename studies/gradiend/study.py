@@ -68,7 +68,9 @@ def run(ctx: StudyContext) -> None:
                                gradiend=g, progress=ctx.progress)
         ov = kn.overlap
         deltas = max(float(d.abs().max()) for d in kn.deltas.values())
+        at_half = sum(int((share >= 0.5).sum()) for share in kn.kept_share.values())
         kn_rows.append({"model": name, **{f"neurons_{c}": len(v) for c, v in zip("AB", kn.neurons.values())},
+                        "neurons_at_half_share": at_half,
                         "overlap": ov["overlap"], "k": ov["k"], "fraction": ov["fraction"],
                         "chance_fraction": ov["chance_fraction"], "max_ig_delta": deltas})
         kn_effects += [{"model": name, **e} for e in kn.effects]

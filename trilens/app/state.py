@@ -134,28 +134,33 @@ def probe(source: str, data: bytes, label: str) -> Any:
     return _run(source, lambda m: run_probe(m, data, label))
 
 
+def feature_stamp(path: str) -> float:
+    """When the folder ``path`` last changed (0 if it does not exist): part of every cache key of a feature folder."""
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    return folder.stat().st_mtime if folder.exists() else 0.0
+
+
 @st.cache_resource(max_entries=2, show_spinner=False)
-def feature(path: str, modified: float) -> FeatureFolder:
-    """A trained GRADIEND folder (kept while unchanged on disk: ``modified`` is its time stamp)."""
+def _feature(path: str, stamp: float) -> FeatureFolder:
     return read_feature_folder(path)
 
 
 def feature_bundle(path: str) -> FeatureFolder:
-    from pathlib import Path
-
-    folder = Path(path).expanduser()
-    return feature(path, folder.stat().st_mtime if folder.exists() else 0.0)
+    """A trained GRADIEND folder, kept while unchanged on disk."""
+    return _feature(path, feature_stamp(path))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def feature_value(source: str, path: str, text: str, target: str) -> Any:
-    bundle = feature_bundle(path)
+def feature_value(source: str, path: str, stamp: float, text: str, target: str) -> Any:
+    bundle = _feature(path, stamp)
     return _run(source, lambda m: encode_input(m, bundle.gradiend, AppInput(text, target)))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def feature_grid(source: str, path: str) -> Any:
-    bundle = feature_bundle(path)
+def feature_grid(source: str, path: str, stamp: float) -> Any:
+    bundle = _feature(path, stamp)
     return _run(source, lambda m: compute_grid(m, bundle.gradiend, bundle.data_path))
 
 

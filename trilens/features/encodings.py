@@ -118,7 +118,7 @@ def _with_class_tokens(gradiend: Gradiend, model: Model, rows: list[FeatureRow])
 def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | str], *,
                 labels: Sequence[str | None] | None = None, progress: bool = False) -> EncodingResult:
     """See ``Gradiend.encode``."""
-    from .training import source_gradients
+    from .gradients import source_gradients
 
     if isinstance(rows, (str, FeatureRow)):
         rows = [rows]

@@ -196,6 +196,21 @@ def paired(g_factual: torch.Tensor, g_counter: torch.Tensor, kind: str) -> torch
     raise InputError(f"a gradient pairing is one of {', '.join(PAIRINGS)}, not {kind!r}.")
 
 
+def source_gradients(reader: GradientReader, rows: Sequence[FeatureRow], source: str,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``source`` gradient per row ``[rows, size]`` (GRADIEND encodes single texts), and the token each factual
+    gradient was taken for (-1 where the pairing was used). A row without a counterfactual token (neutral text) gets
+    its factual gradient whatever the pairing, as the GRADIEND authors encode neutral text."""
+    single = [i for i, r in enumerate(rows) if source == "factual" or r.counterfactual is None]
+    out = torch.empty(len(rows), reader.size)
+    used = torch.full((len(rows),), -1)
+    if single:
+        out[single], used[single] = reader.each([rows[i] for i in single], progress=progress)
+    for i in sorted(set(range(len(rows))) - set(single)):
+        out[i] = paired(*reader.pair([rows[i]]), source)
+    return out, used
+
+
 def top_coordinates(reader: GradientReader, batches: Sequence[Sequence[FeatureRow]], fraction: float,
                     progress: bool = False) -> torch.Tensor:
     """The ``ceil(fraction x size)`` flat coordinates with the largest mean |factual - counterfactual| gradient over

@@ -18,7 +18,13 @@ from ..errors import InputError
 from ..provenance import provenance
 from .data import FeatureData, FeatureRow
 from .gradiend import Gradiend, GradiendModule
-from .gradients import PAIRINGS, GradientReader, paired, top_coordinates
+from .gradients import (
+    PAIRINGS,
+    GradientReader,
+    paired,
+    source_gradients,
+    top_coordinates,
+)
 from .params import select_parameters
 
 if TYPE_CHECKING:
@@ -78,21 +84,6 @@ def _pearson(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     hc, yc = h - h.mean(0), y - y.mean()
     denom = hc.norm(dim=0) * yc.norm()
     return torch.where(denom > 0, (hc * yc[:, None]).sum(0) / denom.clamp_min(1e-30), torch.zeros_like(denom))
-
-
-def source_gradients(reader: GradientReader, rows: Sequence[FeatureRow], source: str,
-                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ``source`` gradient per row ``[rows, size]`` (GRADIEND encodes single texts), and the token each factual
-    gradient was taken for (-1 where the pairing was used). A row without a counterfactual token (neutral text) gets
-    its factual gradient whatever the pairing, as the GRADIEND authors encode neutral text."""
-    single = [i for i, r in enumerate(rows) if source == "factual" or r.counterfactual is None]
-    out = torch.empty(len(rows), reader.size)
-    used = torch.full((len(rows),), -1)
-    if single:
-        out[single], used[single] = reader.each([rows[i] for i in single], progress=progress)
-    for i in sorted(set(range(len(rows))) - set(single)):
-        out[i] = paired(*reader.pair([rows[i]]), source)
-    return out, used
 
 
 def train_gradiend(model: Model, data: FeatureData, *, params: Sequence[str] | str | None = None,

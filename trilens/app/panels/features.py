@@ -21,12 +21,13 @@ def features_panel(source: str, inp: AppInput, family: str) -> None:
                 "--grid` (the zoo's names task: she vs he), then give its folder here to read the current input.")
         return
     with shown_errors():
+        stamp = state.feature_stamp(path.strip())
         bundle = state.feature_bundle(path.strip())
         g = bundle.gradiend
         a, b = g.classes
         st.markdown(f"**{g.summary()}**")
         with shown_errors(), state.timed("feature value"):
-            enc = state.feature_value(source, path.strip(), inp.text, inp.target)
+            enc = state.feature_value(source, path.strip(), stamp, inp.text, inp.target)
             value = float(enc.values[0, 0])
             st.metric(f"feature value h of this input (+1 = {a}, -1 = {b})", f"{value:+.3f}")
             st.caption(f"The gradient read at the slot was taken for the token {enc.tokens[0]!r} (the model's own "
@@ -41,10 +42,10 @@ def features_panel(source: str, inp: AppInput, family: str) -> None:
                 values = bundle.encodings.figure()
                 chart(values, key="feat-values")
                 downloads("gradiend-encodings", bundle.encodings.to_frame, values)
-        _grid(source, path.strip(), bundle)
+        _grid(source, path.strip(), stamp, bundle)
 
 
-def _grid(source: str, path: str, bundle) -> None:
+def _grid(source: str, path: str, stamp: float, bundle) -> None:
     grid = bundle.grid
     if grid is None and bundle.data_path is None:
         st.info("No rewrite grid: the folder has neither a rewrite_grid nor the data.jsonl to compute one.")
@@ -57,7 +58,7 @@ def _grid(source: str, path: str, bundle) -> None:
             else:
                 return
         with st.spinner("rewriting and scoring 54 copies…"), state.timed("rewrite grid"):
-            grid = state.feature_grid(source, path)
+            grid = state.feature_grid(source, path, stamp)
     metric = st.selectbox("rewrite grid: metric", GRID_METRICS, key="feat_metric", bind="query-params")
     figure = grid.figure(metric)
     chart(figure, key="feat-grid")
