@@ -8,7 +8,9 @@
    counterfactual, evaluation every ``--eval-every`` steps on the same 32 validation rows per class; then both encode
    the same held-out test rows (one gradient per text). Reported: held-out |Pearson r| and class means, the wall time
    of training (trilens: ``train_gradiend`` with the model loaded; the package: ``trainer.train()``, which loads it),
-   and each worker's peak resident memory.
+   and each worker's peak resident memory. trilens runs twice: as it is (each training batch's gradients computed
+   once and reused, as the base model never changes) and with ``cache_gib=0`` (every step computes its batch's
+   gradients again, as the package does).
 2. Gradient extraction for a random GPT-2-small-shaped model (12 layers, d 768, vocabulary 50,257; zoo:gpt's
    tokenizer): rows/s of the (factual, counterfactual) gradient pair per batch of 32 rows at pre-pruning 100% / 10% /
    1%, and peak memory, against the plain HF way measured in the same run (``loss.backward()`` with HF's labels, twice,
@@ -74,13 +76,14 @@ def trilens_train_worker(args: argparse.Namespace) -> None:
     reset_peak_rss()
     start = time.perf_counter()
     g = train_gradiend(model, train_side, steps=args.steps, eval_every=args.eval_every, n_eval=2 * per, seeds=(0,),
-                       source="counterfactual", target="diff")
+                       source="counterfactual", target="diff", cache_gib=args.cache_gib)
     wall = time.perf_counter() - start
     peak = peak_rss_mb()
     start = time.perf_counter()
     enc = g.encode(model, test)
     out = {"train_wall_s": wall, "peak_rss_mb": peak, "abs_r": abs(enc.correlation()), "mean_by_class": enc.class_means(),
-           "n_samples": len(test), "encode_wall_s": time.perf_counter() - start, "time": g.info["seconds"]}
+           "n_samples": len(test), "encode_wall_s": time.perf_counter() - start, "time": g.info["seconds"],
+           "coordinates": g.n_coordinates}
     args.out.write_text(json.dumps(out))
 
 
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["trilens-train", "throughput"], default=None)
     parser.add_argument("--side", choices=["trilens", "hf"], default="trilens")
     parser.add_argument("--keep", type=float, default=1.0)
+    parser.add_argument("--cache-gib", type=float, default=2.0, help="trilens worker: memory for keeping gradients")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -185,16 +189,20 @@ def main() -> None:
             data, _, _, validation, per = concept(args.quick)
             csv = package_csv(data, validation, tmp / "rows.csv")
             ours = run([*me, "--worker", "trilens-train", *common], tmp / "trilens.json")
+            uncached = run([*me, "--worker", "trilens-train", "--cache-gib", "0", *common], tmp / "trilens-nocache.json")
             theirs = run([str(ensure_gradiend_env()), str(HERE / "gradiend_runner.py"), "--model", str(zoo_path("bert")),
                           "--data", str(csv), "--eval-per-class", str(per), *common], tmp / "package.json")
             print("\n## zoo:bert, names (she vs he): trilens vs gradiend 0.2.3\n")
-            print("| tool | held-out abs r | mean A | mean B | train wall s | peak RSS MB |")
-            print("|---|---|---|---|---|---|")
-            for name, r in (("trilens", ours), ("gradiend 0.2.3", theirs)):
+            print("| tool | coordinates | held-out abs r | mean A | mean B | train wall s | peak RSS MB |")
+            print("|---|---|---|---|---|---|---|")
+            for name, r in (("trilens", ours), ("trilens, no gradient cache (cache_gib=0)", uncached),
+                            ("gradiend 0.2.3", theirs)):
                 means = list(r["mean_by_class"].values())
-                print(f"| {name} | {r['abs_r']:.4f} | {max(means):+.3f} | {min(means):+.3f} | {r['train_wall_s']:.1f} | "
+                coords = f"{r['coordinates']:,}" if r["coordinates"] else "?"
+                print(f"| {name} | {coords} | {r['abs_r']:.4f} | {max(means):+.3f} | {min(means):+.3f} | {r['train_wall_s']:.1f} | "
                       f"{r['peak_rss_mb']:.0f} |")
-            print(f"\nspeed-up to {steps} steps: {theirs['train_wall_s'] / ours['train_wall_s']:.2f}x; |r| trilens - "
+            print(f"\nspeed-up to {steps} steps: {theirs['train_wall_s'] / ours['train_wall_s']:.2f}x "
+                  f"({theirs['train_wall_s'] / uncached['train_wall_s']:.2f}x without the gradient cache); |r| trilens - "
                   f"package: {ours['abs_r'] - theirs['abs_r']:+.4f}")
             print(f"trilens time split: {json.dumps({k: round(v, 1) for k, v in ours['time'].items()})}")
             print(f"package time split: {json.dumps(theirs['time'])[:400]}")

@@ -56,12 +56,10 @@ def main() -> None:
 
     import pandas as pd
     import torch
-    TextPredictionTrainer, TrainingArguments = gradiend.TextPredictionTrainer, gradiend.TrainingArguments
-
+    import transformers
     from memory import peak_rss_mb, reset_peak_rss
 
-    import transformers
-
+    TextPredictionTrainer, TrainingArguments = gradiend.TextPredictionTrainer, gradiend.TrainingArguments
     torch.set_num_threads(args.threads)
     fit_padding(transformers.AutoConfig.from_pretrained(args.model).max_position_embeddings)
     frame = pd.read_csv(args.data)
@@ -83,9 +81,14 @@ def main() -> None:
         for path in Path(tmp).rglob("training.json"):
             stats = json.loads(path.read_text()).get("time", {})
             break
+    try:
+        coordinates = int(trainer.get_model().gradiend.input_dim)
+    except AttributeError:  # not where 0.2.3 keeps it
+        coordinates = None
     means = {str(k): float(v) for k, v in (enc.get("mean_by_class") or {}).items()}
     args.out.write_text(json.dumps({"train_wall_s": wall, "peak_rss_mb": peak, "abs_r": abs(float(enc["correlation"])),
                                     "mean_by_class": means, "n_samples": enc.get("n_samples"), "encode_wall_s": eval_wall,
+                                    "coordinates": coordinates,
                                     "time": stats}))
 
 

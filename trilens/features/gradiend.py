@@ -42,11 +42,11 @@ class GradiendModule(torch.nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[rows, n]`` gradients -> ``[rows, k]`` feature values."""
-        return torch.tanh(x @ self.encoder_weight.T + self.encoder_bias)
+        return torch.tanh(torch.nn.functional.linear(x, self.encoder_weight, self.encoder_bias))
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """``[rows, k]`` feature values -> ``[rows, n]`` weight-space directions."""
-        return h @ self.decoder_weight.T + self.decoder_bias
+        return torch.nn.functional.linear(h, self.decoder_weight, self.decoder_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

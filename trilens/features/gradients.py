@@ -173,6 +173,8 @@ class GradientReader:
 
 def _gather(param: torch.Tensor, leaves: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """The gradient of ``param`` from those of its leaves (itself, or views into its memory)."""
+    if len(leaves) == 1 and leaves[0] is param and grads[0] is not None:
+        return grads[0]  # the common case: read directly, no copy
     out = torch.zeros(param.shape, dtype=param.dtype, device=param.device)
     base = param.storage_offset()
     for leaf, g in zip(leaves, grads):
