@@ -271,3 +271,18 @@ def test_feature_data_reads_and_writes_json_lines(tmp_path):
     assert len(batches) == sum(len(data.select("train", c)) // 16 for c in data.classes)
     with pytest.raises(InputError, match="fewer than one batch"):
         class_batches(data, 64, 0)
+
+
+def test_held_out_gradients_that_would_not_fit_are_refused_before_training(tiny, monkeypatch):
+    from trilens.features import training
+
+    rows = [FeatureRow(f"{w} sat and [MASK] was here", f, c, lab, split=s)
+            for w in ("the cat", "a dog", "the big cat") for (f, c, lab) in (("she", "he", "A"), ("he", "she", "B"))
+            for s in (["test"] if w == "the big cat" else ["train"])]
+    data = FeatureData(rows, ("A", "B"))
+    monkeypatch.setattr(training, "MAX_EVAL_GIB", 1e-6)
+    with pytest.raises(InputError, match="pre-prune"):
+        train_gradiend(tiny("bert"), data, batch_size=1, steps=1, seeds=(0,))
+    monkeypatch.setattr(training, "MAX_EVAL_GIB", 8.0)
+    g = train_gradiend(tiny("bert"), data, batch_size=1, steps=2, eval_every=1, seeds=(0,), keep_fraction=0.05)
+    assert g.n_coordinates == -(-select_parameters(tiny("bert")).size // 20) and len(g.curve) == 3

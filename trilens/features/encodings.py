@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .gradiend import Gradiend
 
 NEUTRAL = "neutral"
+ENCODE_CHUNK = 16  # texts whose gradients are held at once while encoding
 
 
 @register_result
@@ -128,8 +129,13 @@ def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | st
         raise InputError(f"{len(labels)} labels for {len(rows)} texts.")
     rows = _with_class_tokens(gradiend, model, [r if isinstance(r, FeatureRow) else FeatureRow(r, None) for r in rows])
     given = [r.label for r in rows] if labels is None else list(labels)
-    x, used = source_gradients(gradiend.reader(model), rows, gradiend.source, progress=progress)
-    values = gradiend.encode_gradients(x)
+    reader = gradiend.reader(model)
+    values, used = [], []
+    for start in range(0, len(rows), ENCODE_CHUNK):  # chunks: a big model's gradients are never all held at once
+        x, u = source_gradients(reader, rows[start:start + ENCODE_CHUNK], gradiend.source, progress=progress)
+        values.append(gradiend.encode_gradients(x))
+        used.append(u)
+    values, used = torch.cat(values), torch.cat(used)
     from ..capture.objectives import token_id
 
     ids = [t if t >= 0 else token_id(model, r.factual) for t, r in zip(used.tolist(), rows)]

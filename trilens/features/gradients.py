@@ -208,7 +208,9 @@ def source_gradients(reader: GradientReader, rows: Sequence[FeatureRow], source:
     used = torch.full((len(rows),), -1)
     if single:
         out[single], used[single] = reader.each([rows[i] for i in single], progress=progress)
-    for i in sorted(set(range(len(rows))) - set(single)):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(sorted(set(range(len(rows))) - set(single)), desc="gradients", disable=not progress, leave=False):
         out[i] = paired(*reader.pair([rows[i]]), source)
     return out, used
 

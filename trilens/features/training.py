@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ..model import Model
 
 
+MAX_EVAL_GIB = 8.0  # the held-out rows' gradients stay in memory for every evaluation
+
+
 def class_batches(data: FeatureData, batch_size: int, seed: int) -> list[list[FeatureRow]]:
     """Each class's training rows shuffled (``seed``) and cut into full batches of ``batch_size``, the classes taking
     turns (an incomplete last batch is dropped)."""
@@ -128,6 +131,10 @@ def train_gradiend(model: Model, data: FeatureData, *, params: Sequence[str] | s
         keep = top_coordinates(reader, batches[:max(1, prune_batches)], keep_fraction, progress=progress)
         reader = GradientReader(model, layout, keep)
     held_out = eval_rows(data, n_eval)
+    need = len(held_out) * reader.size * 4 / 2 ** 30
+    if need > MAX_EVAL_GIB:
+        raise InputError(f"the {len(held_out)} held-out gradients of {reader.size:,} coordinates would take {need:.1f} GiB: "
+                         "pre-prune (keep_fraction=0.01 keeps the top 1%), read fewer parameters, or lower n_eval.")
     y = torch.tensor([data.sign(r) for r in held_out])
     x_eval = source_gradients(reader, held_out, source)[0]
     cache = _GradientCache(reader, batches, source, target, cache_gib * 2 ** 30)
