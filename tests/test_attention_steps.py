@@ -117,7 +117,7 @@ def test_exact_sensitivity_equals_the_backward_jacobian(tiny, name):
     assert bool(sens["exact"].all()) and float(sens["attention_se"][:, 0, :n_steps].abs().max()) == 0
 
 
-def test_sensitivity_agrees_with_finite_differences(tiny):
+def test_sensitivity_agrees_with_finite_differences(tiny_path):
     """||J u|| along a few random source directions, by central differences of the attention output."""
     from trilens.capture.jvp import (
         _embeddings,
@@ -125,7 +125,9 @@ def test_sensitivity_agrees_with_finite_differences(tiny):
         replaced_embeddings,
     )
 
-    model = tiny("gpt2")
+    # a model of its own, not the session's: .double() copies every tensor on its own, so the bridge's split q/k/v
+    # stop being views of GPT-2's c_attn (what trilens.features reads and writes by HF's names)
+    model = trilens.load(tiny_path("gpt2"))
     steps = step_inputs(model, ["the cat sat on"], ["the mat"])
     batch = model.encode([steps.rows[0]])
     site = view_sites(model)["attention"][1]

@@ -286,3 +286,12 @@ def test_held_out_gradients_that_would_not_fit_are_refused_before_training(tiny,
     monkeypatch.setattr(training, "MAX_EVAL_GIB", 8.0)
     g = train_gradiend(tiny("bert"), data, batch_size=1, steps=2, eval_every=1, seeds=(0,), keep_fraction=0.05)
     assert g.n_coordinates == -(-select_parameters(tiny("bert")).size // 20) and len(g.curve) == 3
+
+
+def test_a_bridge_whose_weights_no_longer_share_memory_with_hf_is_refused(tiny_path):
+    model = trilens.load(tiny_path("gpt2"))
+    layout = select_parameters(model)
+    GradientReader(model, layout)  # as loaded: the bridge's q/k/v are views of c_attn
+    model.hf_model.double().float()  # copies every tensor on its own
+    with pytest.raises(InputError, match="load the model again"):
+        GradientReader(model, layout)

@@ -13,6 +13,7 @@ from trilens import StepScores, load_result
 from trilens.attention import attention_steps, relevancy_maps
 from trilens.attribution import attribute
 from trilens.errors import StoreError
+from trilens.features import FeatureData, FeatureRow, knowledge_neurons, rewrite_grid, train_gradiend
 from trilens.lens import (
     DecoderLensResult,
     LensResult,
@@ -41,7 +42,18 @@ def results(tiny):
         "RelevancyResult": relevancy_maps(gpt, ["the cat sat", "x y"], max_new_tokens=2, methods=("relevancy", "flow")),
         "AttributionResult": attribute(bart, [("x y z", "z y"), ("the cat", "cat the a")], method="ig", n_steps=4,
                                        step_scores=("probability", "rank")).aggregate(words=True),
+        **_feature_results(bert),
     }
+
+
+def _feature_results(bert):
+    rows = [FeatureRow(f"{w} sat and [MASK] was here", f, c, lab, split="test" if w == "the big cat" else "train")
+            for w in ("the cat", "a dog", "the big cat") for (f, c, lab) in (("she", "he", "A"), ("he", "she", "B"))]
+    data = FeatureData(rows + [FeatureRow("the cat sat on the [MASK]", "mat", split="test")], ("A", "B"))
+    g = train_gradiend(bert, data, batch_size=1, steps=2, eval_every=1, seeds=(0,), keep_fraction=0.05)
+    return {"Gradiend": g, "EncodingResult": g.encode(bert, data.test + data.neutral),
+            "RewriteGrid": rewrite_grid(bert, g, data, alphas=(1.0, 0.1), hs=(-1.0, 1.0)),
+            "KnowledgeNeurons": knowledge_neurons(bert, data, n_prompts=2, n_steps=4, gradiend=g)}
 
 
 def test_every_result_round_trips_with_equal_frames(results, tmp_path):

@@ -23,7 +23,7 @@ from ..capture.trace import intervention_hooks
 from ..errors import InputError
 from ..inputs import Batch
 from .data import MASK_PLACEHOLDER, FeatureRow
-from .params import ParamLayout, aliases
+from .params import ParamLayout, aliases, check_weights_shared
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -121,6 +121,7 @@ class GradientReader:
 
     def __init__(self, model: Model, layout: ParamLayout, keep: torch.Tensor | None = None):
         self.model, self.layout = model, layout
+        check_weights_shared(model)
         self.params = layout.parameters(model)
         # The leaves autograd sees: each parameter and the views the forward reads it through.
         self.leaves = [aliases(model, p) for p in self.params]

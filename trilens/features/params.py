@@ -72,10 +72,9 @@ class ParamLayout:
         return cls(list(doc["names"]), [tuple(s) for s in doc["shapes"]])
 
 
-def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
-    """HF's own parameter names (those ``save_pretrained`` writes; a tied head counted once, as the embeddings) ->
-    the model's tensors under those names (the bridge keeps HF's modules inside its own)."""
-    cached = getattr(model, "_hf_parameters", None)
+def _hf_layout(model: Model) -> tuple[dict[str, torch.nn.Parameter], list[str]]:
+    """(every HF parameter name -> the model's tensor under it, the base model's names), kept on the model."""
+    cached = getattr(model, "_hf_layout", None)
     if cached is not None:
         return cached
     hf = model.hf_model
@@ -88,16 +87,39 @@ def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
     base = getattr(fresh, prefix, None) if prefix else None
     head = fresh.get_output_embeddings()
     head_names = {f"{m}.{n}" for m, mod in fresh.named_modules() if mod is head for n, _ in mod.named_parameters()}
-    out = {}
+    named, base_names = {}, []
     for name, _ in fresh.named_parameters():
         if name not in raw:
             raise InputError(f"trilens cannot find {type(hf).__name__}'s parameter {name!r} inside the bridged model; "
                              "please report the architecture.")
+        named[name] = raw[name]
         in_base = name.startswith(prefix + ".") if isinstance(base, torch.nn.Module) and base is not fresh else name not in head_names
         if in_base:
-            out[name] = raw[name]
-    model._hf_parameters = out
-    return out
+            base_names.append(name)
+    model._hf_layout = (named, base_names)
+    return model._hf_layout
+
+
+def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
+    """HF's own base-model parameter names (those ``save_pretrained`` writes, the prediction head left out; a tied
+    head counted once, as the embeddings) -> the model's tensors under those names (the bridge keeps HF's modules
+    inside its own)."""
+    named, base_names = _hf_layout(model)
+    return {n: named[n] for n in base_names}
+
+
+def check_weights_shared(model: Model) -> None:
+    """Every weight the bridge adds of its own (GPT-2's split q/k/v, say) must be a view of an HF parameter, so that
+    HF's names address what the forward reads. A dtype or device change of ``model.hf_model`` after loading copies
+    each tensor on its own and breaks that; refuse rather than read or write the wrong weights."""
+    named, _ = _hf_layout(model)
+    memory = {p.untyped_storage().data_ptr() for p in named.values()}
+    for name, p in model.hf_model.named_parameters(remove_duplicate=False):
+        clean = name.replace("._original_component", "")
+        if clean not in named and p.untyped_storage().data_ptr() not in memory:
+            raise InputError(f"the bridge's weight {clean!r} is no longer part of an HF parameter (a .to(dtype or "
+                             "device) of model.hf_model after loading splits them): load the model again, giving "
+                             "dtype= and device= to trilens.load.")
 
 
 def aliases(model: Model, param: torch.Tensor) -> list[torch.nn.Parameter]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..atomic import atomic_dir
-from .params import ParamLayout
+from .params import ParamLayout, check_weights_shared
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 def hf_copy(model: Model) -> torch.nn.Module:
     """A plain HF model (no bridge inside) of the same class, with a copy of ``model``'s current weights."""
+    check_weights_shared(model)
     hf = model.hf_model
     fresh = type(hf)(hf.config)
     state: dict[str, torch.Tensor] = {}
@@ -55,6 +56,7 @@ class WeightEditor:
     """Sets ``model``'s weights to θ0 + delta on ``gradiend``'s coordinates, for any delta, and back."""
 
     def __init__(self, model: Model, layout: ParamLayout, keep: torch.Tensor | None):
+        check_weights_shared(model)
         params = layout.parameters(model)
         self.targets = [(params[i].detach().view(-1), index, count) for i, index, count in layout.pieces(keep)]
         with torch.no_grad():
