@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import reference
 
 import trilens
 from trilens.errors import InputError
@@ -21,11 +22,14 @@ from trilens.features import (
     train_gradiend,
     zoo_feature_data,
 )
-from trilens.features.gradients import GradientReader, slot_batch, slot_logprobs, top_coordinates
+from trilens.features.gradients import (
+    GradientReader,
+    slot_batch,
+    slot_logprobs,
+    top_coordinates,
+)
 from trilens.features.knowledge_neurons import neuron_attributions
 from trilens.features.training import class_batches
-
-from tiny import reference
 
 # One class slot per family, with words of the tiny models' vocabulary; the encoder-decoder row has a target prefix.
 TINY_ROWS = {

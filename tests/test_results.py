@@ -13,7 +13,13 @@ from trilens import StepScores, load_result
 from trilens.attention import attention_steps, relevancy_maps
 from trilens.attribution import attribute
 from trilens.errors import StoreError
-from trilens.features import FeatureData, FeatureRow, knowledge_neurons, rewrite_grid, train_gradiend
+from trilens.features import (
+    FeatureData,
+    FeatureRow,
+    knowledge_neurons,
+    rewrite_grid,
+    train_gradiend,
+)
 from trilens.lens import (
     DecoderLensResult,
     LensResult,
