@@ -292,10 +292,21 @@ def test_held_out_gradients_that_would_not_fit_are_refused_before_training(tiny,
     assert g.n_coordinates == -(-select_parameters(tiny("bert")).size // 20) and len(g.curve) == 3
 
 
-def test_a_bridge_whose_weights_no_longer_share_memory_with_hf_is_refused(tiny_path):
+def test_a_bridge_whose_weights_no_longer_share_memory_with_hf_is_refused_and_model_to_keeps_them(tiny_path):
     model = trilens.load(tiny_path("gpt2"))
     layout = select_parameters(model)
     GradientReader(model, layout)  # as loaded: the bridge's q/k/v are views of c_attn
     model.hf_model.double().float()  # copies every tensor on its own
     with pytest.raises(InputError, match="load the model again"):
         GradientReader(model, layout)
+    # what Model.to does around nn.Module.to: the views are made views of the new memory again
+    from trilens.devices import views_kept
+
+    fresh = trilens.load(tiny_path("gpt2"))
+    with views_kept(fresh.hf_model):
+        fresh.hf_model.double().float()
+    rows = TINY_ROWS["gpt2"]
+    g_f, _ = GradientReader(fresh, layout).pair(rows)
+    ref_f, _ = _reference_gradient(tiny_path("gpt2"), layout, rows, fresh.tokenizer.convert_tokens_to_ids)
+    torch.testing.assert_close(g_f, ref_f, rtol=1e-4, atol=1e-6)
+    assert fresh.to("cpu") is fresh and GradientReader(fresh, layout).size == layout.size

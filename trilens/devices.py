@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .errors import TrilensError
@@ -50,3 +53,34 @@ def as_device(device: str | torch.device | None) -> torch.device | None:
     elif dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise TrilensError(f"device type {dev.type!r} is not supported; use 'cpu', 'cuda' or 'mps'.")
     return dev
+
+
+def _shared_views(module: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter, tuple, tuple, int]]:
+    """Parameters that are views into another parameter's memory (a bridge's split q/k/v of GPT-2's ``c_attn``):
+    (view, the parameter holding the whole memory, its size, stride and offset from that parameter's start)."""
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for _, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            groups.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    out = []
+    for params in groups.values():
+        if len(params) < 2:
+            continue
+        whole = max(params, key=lambda t: t.numel())
+        for p in params:
+            if p is not whole:
+                out.append((p, whole, tuple(p.shape), tuple(p.stride()), p.storage_offset() - whole.storage_offset()))
+    return out
+
+
+@contextmanager
+def views_kept(module: torch.nn.Module) -> Iterator[None]:
+    """``module.to(...)`` inside the block copies every parameter on its own; afterwards each parameter that was a view
+    into another one is made a view of that one's new memory again (so writing the whole still changes the view)."""
+    views = _shared_views(module)
+    yield
+    with torch.no_grad():
+        for view, whole, size, stride, offset in views:
+            view.data = whole.data.as_strided(size, stride, whole.data.storage_offset() + offset)

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from .capture.cache import ActivationCache
     from .capture.generate import Generation
     from .capture.gradient_result import GradientResult
-    from .capture.objectives import Objective
     from .capture.interventions import Intervention
+    from .capture.objectives import Objective
 
 
 class Model:
@@ -214,7 +214,10 @@ class Model:
                          step_batch=step_batch, batch_size=batch_size, truncate=truncate)
 
     def to(self, device: Any) -> Model:
-        from .devices import as_device
+        """Move the model to ``device``, the bridge's views into HF's weights kept as views (``nn.Module.to`` alone
+        would copy GPT-2's split q/k/v apart from ``c_attn``)."""
+        from .devices import as_device, views_kept
 
-        self.hf_model.to(as_device(device))
+        with views_kept(self.hf_model):
+            self.hf_model.to(as_device(device))
         return self

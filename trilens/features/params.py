@@ -118,8 +118,8 @@ def check_weights_shared(model: Model) -> None:
         clean = name.replace("._original_component", "")
         if clean not in named and p.untyped_storage().data_ptr() not in memory:
             raise InputError(f"the bridge's weight {clean!r} is no longer part of an HF parameter (a .to(dtype or "
-                             "device) of model.hf_model after loading splits them): load the model again, giving "
-                             "dtype= and device= to trilens.load.")
+                             "device) of model.hf_model after loading splits them; model.to(device) keeps them): load "
+                             "the model again, giving dtype= and device= to trilens.load.")
 
 
 def aliases(model: Model, param: torch.Tensor) -> list[torch.nn.Parameter]:
