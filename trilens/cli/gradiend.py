@@ -125,7 +125,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--exclude", nargs="*", default=None, help="parameter name patterns to leave out")
     t.add_argument("--keep", type=float, default=1.0, help="pre-pruning: fraction of weight coordinates kept")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--steps", type=int, default=None, help="updates per seed (default: --epochs passes)")
+    t.add_argument("--steps", type=int, default=None, help="updates per seed (default: --epochs passes, at least 300)")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
