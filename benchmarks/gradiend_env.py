@@ -60,14 +60,7 @@ CONSTRAINTS = (
     "typing_extensions==4.16.0",
     "tzdata==2026.6",
 )
-CHECK = """
-import json, importlib.metadata as md, torch
-import gradiend, transformers  # noqa: F401
-names = [d.metadata["Name"].lower() for d in md.distributions()]
-print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "gradiend": md.version("gradiend"),
-                  "transformers": transformers.__version__, "nvidia": sorted(n for n in names if n.startswith("nvidia"))}))
-"""
-SPEC = PeerEnv("gradiend", REQUIREMENTS, CONSTRAINTS, CHECK,
+SPEC = PeerEnv("gradiend", REQUIREMENTS, CONSTRAINTS, ("gradiend", "transformers"),
                {"torch": "2.13.0", "gradiend": "0.2.3", "transformers": "5.23.0"})
 
 

@@ -108,20 +108,8 @@ INSEQ_CONSTRAINTS = [
 ]
 
 # Checked after every build: the imports the runner needs and the versions it was tested with.
-_CHECK = """
-import json, importlib.metadata as md, torch
-import inseq, captum, transformers, safetensors  # noqa: F401
-names = [d.metadata["Name"].lower() for d in md.distributions()]
-print(json.dumps({
-    "torch": torch.__version__, "cuda": torch.version.cuda,
-    "inseq": md.version("inseq"), "transformers": transformers.__version__, "captum": captum.__version__,
-    "typeguard": md.version("typeguard"), "nvidia": sorted(n for n in names if n.startswith("nvidia")),
-}))
-"""
-_EXPECTED = {"torch": "2.13.0", "inseq": "0.7.1", "transformers": "5.23.0", "captum": "0.9.0", "typeguard": "2.13.3"}
-
-
-SPEC = PeerEnv("inseq", tuple(INSEQ_REQUIREMENTS), tuple(INSEQ_CONSTRAINTS), _CHECK, _EXPECTED)
+SPEC = PeerEnv("inseq", tuple(INSEQ_REQUIREMENTS), tuple(INSEQ_CONSTRAINTS), ("inseq", "captum", "transformers", "safetensors"),
+               {"torch": "2.13.0", "inseq": "0.7.1", "transformers": "5.23.0", "captum": "0.9.0", "typeguard": "2.13.3"})
 
 
 def ensure_inseq_env(path: Path = DEFAULT_PATH) -> Path:

@@ -22,14 +22,22 @@ TORCH = "torch==2.13.0"
 
 @dataclass(frozen=True)
 class PeerEnv:
-    """What one peer tool's venv holds: ``requirements`` (step 2), ``constraints`` (a tested ``pip freeze``), and a
-    ``check`` script that prints a JSON object of versions (with ``cuda`` and ``nvidia``) compared to ``expected``."""
+    """What one peer tool's venv holds: ``requirements`` (step 2), ``constraints`` (a tested ``pip freeze``); the
+    check after every build imports ``imports`` and compares the installed versions with ``expected``."""
 
     name: str
     requirements: tuple[str, ...]
     constraints: tuple[str, ...]
-    check: str
+    imports: tuple[str, ...]
     expected: dict[str, str]
+
+    @property
+    def check(self) -> str:
+        """A script that imports the tool and prints the versions, CUDA and any nvidia package as one JSON object."""
+        return (f"import json, importlib.metadata as md, torch\nimport {', '.join(self.imports)}\n"
+                "names = [d.metadata['Name'].lower() for d in md.distributions()]\n"
+                f"print(json.dumps({{**{{n: md.version(n) for n in {sorted(self.expected)!r}}}, "
+                "'cuda': torch.version.cuda, 'nvidia': sorted(n for n in names if n.startswith('nvidia'))}))\n")
 
 
 def python_of(path: Path) -> Path:

@@ -180,7 +180,16 @@ def test_the_rewrite_grid_scores_every_rewrite_and_keeps_the_lm_score(bert, bert
     grid = rewrite_grid(bert, bert_gradiend, bert_data, alphas=(2.0, 1.0, 0.01), hs=(-1.0, 0.0, 1.0), n_texts=32)
     frame = grid.to_frame()
     assert len(frame) == 1 + 9 and frame.iloc[0]["alpha"] == 0.0
-    assert (frame["bpi"] - (1 - frame["apd"]) * (frame["p_a"] + frame["p_b"]) <= 1.0).all()
+    # the base row, read by hand: per held-out text P(she), P(he) at the slot, then the metrics' definitions
+    sb = slot_batch(bert, bert_data.test[:32])
+    with torch.no_grad():
+        p = slot_logprobs(bert, sb).exp()
+    p_a, p_b = (p[:, bert.tokenizer.convert_tokens_to_ids(t)] for t in ("she", "he"))
+    apd = (p_a - p_b).abs()
+    assert grid.base["p_a"] == pytest.approx(float(p_a.mean()), abs=1e-6)
+    assert grid.base["p_b"] == pytest.approx(float(p_b.mean()), abs=1e-6)
+    assert grid.base["bpi"] == pytest.approx(float(((1 - apd) * (p_a + p_b)).mean()), abs=1e-6)
+    assert grid.base["a_directed"] == pytest.approx(float(((1 - p_b) * p_a).mean()), abs=1e-6)
     tiny_step = frame[(frame.alpha == 0.01) & (frame.h == 1.0)].iloc[0]
     assert tiny_step["p_a"] == pytest.approx(grid.base["p_a"], abs=0.02)  # a tiny α barely moves the model
     for metric in ("bpi", "a_directed", "b_directed"):

@@ -55,23 +55,25 @@ def as_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
-def _shared_views(module: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter, tuple, tuple, int]]:
-    """Parameters that are views into another parameter's memory (a bridge's split q/k/v of GPT-2's ``c_attn``):
-    (view, the parameter holding the whole memory, its size, stride and offset from that parameter's start)."""
+def parameters_by_memory(module: torch.nn.Module) -> dict[int, list[torch.nn.Parameter]]:
+    """``module``'s parameters (each once) grouped by the memory they lie in: a group of several holds a parameter and
+    views into it (a bridge's split q/k/v of GPT-2's ``c_attn``)."""
     groups: dict[int, list[torch.nn.Parameter]] = {}
     seen: set[int] = set()
     for _, p in module.named_parameters(remove_duplicate=False):
         if id(p) not in seen:
             seen.add(id(p))
             groups.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    return groups
+
+
+def _shared_views(module: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter, tuple, tuple, int]]:
+    """(view, the parameter holding the whole memory, the view's size, stride and offset from that parameter's start)."""
     out = []
-    for params in groups.values():
-        if len(params) < 2:
-            continue
+    for params in parameters_by_memory(module).values():
         whole = max(params, key=lambda t: t.numel())
-        for p in params:
-            if p is not whole:
-                out.append((p, whole, tuple(p.shape), tuple(p.stride()), p.storage_offset() - whole.storage_offset()))
+        out += [(p, whole, tuple(p.shape), tuple(p.stride()), p.storage_offset() - whole.storage_offset())
+                for p in params if p is not whole]
     return out
 
 

@@ -3,7 +3,7 @@ the LM head's input, and hook-site tensors kept in the graph. Every context remo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -16,17 +16,18 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def frozen_weights(module: torch.nn.Module) -> Iterator[None]:
-    """Parameters stop requiring gradients for the block (no weight-gradient graph is recorded, none is kept),
-    then get their own flags back."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
+def frozen_weights(module: torch.nn.Module, trainable: Sequence[torch.nn.Parameter] = ()) -> Iterator[None]:
+    """Parameters stop requiring gradients for the block (no weight-gradient graph is recorded, none is kept), except
+    ``trainable``, which require them; then every parameter gets its own flag back."""
+    chosen = {id(p) for p in trainable}
+    before = [(p, p.requires_grad) for p in module.parameters()] + [(p, p.requires_grad) for p in trainable]
+    for p, _ in before:
+        p.requires_grad_(id(p) in chosen)
     try:
         yield
     finally:
-        for p in params:
-            p.requires_grad_(True)
+        for p, flag in before:
+            p.requires_grad_(flag)
 
 
 def embedding_modules(model: Model) -> dict[str, torch.nn.Module]:

@@ -136,9 +136,7 @@ def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | st
         values.append(gradiend.encode_gradients(x))
         used.append(u)
     values, used = torch.cat(values), torch.cat(used)
-    from ..capture.objectives import token_id
-
-    ids = [t if t >= 0 else token_id(model, r.factual) for t, r in zip(used.tolist(), rows)]
+    ids = used.tolist()
     tokens = model.tokenizer.convert_ids_to_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids]
     info = provenance(model, "gradiend_encode", {"source": gradiend.source}, len(rows),
                       gradiend={"classes": list(gradiend.classes), "evaluation_abs_r": gradiend.evaluation.get("abs_r")})

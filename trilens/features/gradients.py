@@ -9,14 +9,13 @@ parameters only (every other weight is frozen for the pass, so no gradient is co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..capture.grad_hooks import head_rows
+from ..capture.grad_hooks import frozen_weights, head_rows
 from ..capture.interventions import Intervention, RunState
 from ..capture.objectives import token_id
 from ..capture.trace import intervention_hooks
@@ -101,21 +100,6 @@ def slot_logprobs(model: Model, sb: SlotBatch, interventions: Sequence[Intervent
     return logits.float().log_softmax(-1)
 
 
-@contextmanager
-def only_requiring_grad(model: Model, params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
-    """For the block, ``params`` require gradients and no other weight does; every flag is restored after."""
-    hf = model.hf_model
-    before = [(p, p.requires_grad) for p in hf.parameters()]
-    chosen = {id(p) for p in params}
-    try:
-        for p, _ in before:
-            p.requires_grad_(id(p) in chosen)
-        yield
-    finally:
-        for p, flag in before:
-            p.requires_grad_(flag)
-
-
 class GradientReader:
     """Flat weight gradients of ``layout``'s parameters (only coordinates ``keep``, if given) at the class slot."""
 
@@ -124,7 +108,7 @@ class GradientReader:
         check_weights_shared(model)
         self.params = layout.parameters(model)
         # The leaves autograd sees: each parameter and the views the forward reads it through.
-        self.leaves = [aliases(model, p) for p in self.params]
+        self.leaves = aliases(model, self.params)
         self._flat_leaves = [a for group in self.leaves for a in group]
         self.keep = None if keep is None else keep.to(torch.long)
         self._pieces = None if keep is None else layout.pieces(self.keep)
@@ -145,29 +129,36 @@ class GradientReader:
         return torch.cat([grads[i].reshape(-1)[local] for i, local, _ in self._pieces]).float()
 
     def pair(self, rows: Sequence[FeatureRow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(factual, counterfactual) gradient of the batch-mean loss at the slot -> two ``[size]`` vectors."""
+        """(factual, counterfactual) gradient of the batch-mean loss at the slot -> two ``[size]`` vectors (one forward,
+    two backward passes)."""
         sb = slot_batch(self.model, rows)
         if bool((sb.factual < 0).any()) or bool((sb.counterfactual < 0).any()):
             raise InputError("every row of a training batch needs a factual and a counterfactual token.")
-        with only_requiring_grad(self.model, self._flat_leaves), torch.enable_grad():
+        with frozen_weights(self.model.hf_model, self._flat_leaves), torch.enable_grad():
             logp = slot_logprobs(self.model, sb)
             idx = torch.arange(len(rows), device=logp.device)
             loss_f = -logp[idx, sb.factual.to(logp.device)].mean()
             loss_c = -logp[idx, sb.counterfactual.to(logp.device)].mean()
             return self._grad(loss_f, retain_graph=True), self._grad(loss_c)
 
-    def each(self, rows: Sequence[FeatureRow], progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row at a time: the factual gradient of each row ``[rows, size]`` (a neutral row without a factual token
-        uses the model's own top prediction) and the token each was taken for."""
+    def each(self, rows: Sequence[FeatureRow], kind: str = "factual", progress: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row at a time, one backward pass each: the ``kind`` pairing's gradient of each row ``[rows, size]``
+        (``diff`` is the gradient of the loss difference), and the factual token each was taken for. A row without a
+        counterfactual token is read by its factual gradient whatever ``kind``; one without a factual token by the
+        model's own top prediction."""
         from tqdm.auto import tqdm
 
         out, used = [], []
         for r in tqdm(rows, desc="gradients", disable=not progress, leave=False):
             sb = slot_batch(self.model, [r])
-            with only_requiring_grad(self.model, self._flat_leaves), torch.enable_grad():
+            with frozen_weights(self.model.hf_model, self._flat_leaves), torch.enable_grad():
                 logp = slot_logprobs(self.model, sb)[0]
                 target = int(sb.factual[0]) if sb.factual[0] >= 0 else int(logp.argmax())
-                out.append(self._grad(-logp[target]))
+                loss = -logp[target]
+                if sb.counterfactual[0] >= 0:
+                    loss = paired(loss, -logp[int(sb.counterfactual[0])], kind)
+                out.append(self._grad(loss))
             used.append(target)
         return torch.stack(out), torch.tensor(used)
 
@@ -189,7 +180,8 @@ def _gather(param: torch.Tensor, leaves: Sequence[torch.Tensor], grads: Sequence
 
 
 def paired(g_factual: torch.Tensor, g_counter: torch.Tensor, kind: str) -> torch.Tensor:
-    """One of the pairings: ``factual``, ``counterfactual`` or ``diff`` (factual - counterfactual)."""
+    """One of the pairings of two gradients (or of the two losses, which pair alike): ``factual``, ``counterfactual``
+    or ``diff`` (factual - counterfactual)."""
     if kind == "factual":
         return g_factual
     if kind == "counterfactual":
@@ -202,18 +194,11 @@ def paired(g_factual: torch.Tensor, g_counter: torch.Tensor, kind: str) -> torch
 def source_gradients(reader: GradientReader, rows: Sequence[FeatureRow], source: str,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One ``source`` gradient per row ``[rows, size]`` (GRADIEND encodes single texts), and the token each factual
-    gradient was taken for (-1 where the pairing was used). A row without a counterfactual token (neutral text) gets
-    its factual gradient whatever the pairing, as the GRADIEND authors encode neutral text."""
-    single = [i for i, r in enumerate(rows) if source == "factual" or r.counterfactual is None]
-    out = torch.empty(len(rows), reader.size)
-    used = torch.full((len(rows),), -1)
-    if single:
-        out[single], used[single] = reader.each([rows[i] for i in single], progress=progress)
-    from tqdm.auto import tqdm
-
-    for i in tqdm(sorted(set(range(len(rows))) - set(single)), desc="gradients", disable=not progress, leave=False):
-        out[i] = paired(*reader.pair([rows[i]]), source)
-    return out, used
+    gradient was taken for. A row without a counterfactual token (neutral text) gets its factual gradient whatever the
+    pairing, as the GRADIEND authors encode neutral text."""
+    if source not in PAIRINGS:
+        raise InputError(f"a gradient pairing is one of {', '.join(PAIRINGS)}, not {source!r}.")
+    return reader.each(rows, source, progress=progress)
 
 
 def top_coordinates(reader: GradientReader, batches: Sequence[Sequence[FeatureRow]], fraction: float,

@@ -29,21 +29,27 @@ if TYPE_CHECKING:
     from .gradiend import Gradiend
 
 
-def _layer_attributions(model: Model, sb: SlotBatch, layer: int, stack: str, n_steps: int,
-                        internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """IG attributions ``[rows, d_ff]`` of layer ``layer``'s FFN neurons at the slot, and captum's deltas ``[rows]``."""
-    from captum.attr import IntegratedGradients
-
-    site = model.site("mlp_post", layer, stack)
+def _slot_activations(model: Model, sb: SlotBatch, sites: list[str]) -> dict[str, torch.Tensor]:
+    """Each site's FFN activation at the slot ``[rows, d_ff]``, every layer from one forward pass."""
     seen: dict[str, torch.Tensor] = {}
 
-    def grab(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        seen["x"] = x[torch.arange(x.shape[0]), sb.positions.to(x.device)].detach()
-        return x
+    def grab(site: str):
+        def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            seen[site] = x[torch.arange(x.shape[0]), sb.positions.to(x.device)].detach().clone()
+            return x
 
-    with torch.inference_mode(), model.hooks([(site, grab)]):
+        return hook
+
+    with torch.inference_mode(), model.hooks([(site, grab(site)) for site in sites]):
         slot_logprobs(model, sb)
-    w_bar = seen["x"].clone()
+    return seen
+
+
+def _layer_attributions(model: Model, sb: SlotBatch, site: str, w_bar: torch.Tensor, n_steps: int,
+                        internal_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IG attributions ``[rows, d_ff]`` of ``site``'s FFN neurons at the slot (from 0 to their value ``w_bar``), and
+    captum's deltas ``[rows]``."""
+    from captum.attr import IntegratedGradients
 
     def forward(act: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, dec: torch.Tensor, dec_mask: torch.Tensor,
                 positions: torch.Tensor, factual: torch.Tensor) -> torch.Tensor:
@@ -90,9 +96,11 @@ def neuron_attributions(model: Model, rows: Sequence[FeatureRow], *, layers: Seq
         for idx in chunks:
             part = SlotBatch(sb.batch.rows(slice(idx[0], idx[-1] + 1)), sb.positions[idx], sb.factual[idx],
                              sb.counterfactual[idx])
+            sites = [model.site("mlp_post", layer, stack) for layer in layers]
+            w_bar = _slot_activations(model, part, sites)
             per_layer = []
-            for layer in layers:
-                per_layer.append(_layer_attributions(model, part, layer, stack, n_steps, batch_size * n_steps))
+            for site in sites:
+                per_layer.append(_layer_attributions(model, part, site, w_bar[site], n_steps, batch_size * n_steps))
                 bar.update(1)
             attrs.append(torch.stack([a for a, _ in per_layer], 1))
             deltas.append(torch.stack([d for _, d in per_layer], 1))

@@ -122,22 +122,13 @@ def check_weights_shared(model: Model) -> None:
                              "the model again, giving dtype= and device= to trilens.load.")
 
 
-def aliases(model: Model, param: torch.Tensor) -> list[torch.nn.Parameter]:
-    """Every parameter of the bridged model that lies in ``param``'s memory (itself, and views of it such as the
-    bridge's split q/k/v of a joint projection): what the forward may read ``param`` through."""
-    ptr = param.untyped_storage().data_ptr()
-    seen, out = set(), []
-    for _, p in model.hf_model.named_parameters(remove_duplicate=False):
-        if id(p) not in seen and p.untyped_storage().data_ptr() == ptr:
-            seen.add(id(p))
-            out.append(p)
-    return out
+def aliases(model: Model, params: Sequence[torch.Tensor]) -> list[list[torch.nn.Parameter]]:
+    """For each of ``params``, every parameter of the bridged model that lies in its memory (itself, and views of it
+    such as the bridge's split q/k/v of a joint projection): what the forward may read it through."""
+    from ..devices import parameters_by_memory
 
-
-def base_parameters(model: Model) -> list[str]:
-    """The names of the base model's parameters: every parameter but the prediction head's (a head tied to the input
-    embeddings shares its tensor with them; it is counted once, as the embeddings)."""
-    return list(hf_parameters(model))
+    groups = parameters_by_memory(model.hf_model)
+    return [groups.get(p.untyped_storage().data_ptr(), [p]) for p in params]
 
 
 def select_parameters(model: Model, patterns: Sequence[str] | str | None = None,

@@ -7,18 +7,16 @@ from typing import Any
 
 from ..errors import InputError
 from ._common import as_array, layout
+from .curves import curves
 
 
 def training_curve(frame: Any, *, title: str = "") -> Any:
     """Held-out |r| against the step, one line per seed (``frame``: columns seed, step, abs_r)."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for seed, part in frame.groupby("seed", sort=True):
-        fig.add_trace(go.Scatter(x=part["step"].tolist(), y=as_array(part["abs_r"].to_numpy(), 1, "abs_r"),
-                                 mode="lines+markers", name=f"seed {seed}"))
-    fig.update_yaxes(range=[0, 1.02])
-    return layout(fig, title=title, x_title="training step", y_title="held-out |Pearson r|")
+    steps = sorted(set(frame["step"]))
+    series = {f"seed {seed}": part.set_index("step")["abs_r"].reindex(steps).to_numpy()
+              for seed, part in frame.groupby("seed", sort=True)}
+    fig = curves(steps, series, title=title, x_title="training step", y_title="held-out |Pearson r|")
+    return fig.update_yaxes(range=[0, 1.02])
 
 
 def feature_values(values: Any, groups: Sequence[str], texts: Sequence[str], *, order: Sequence[str] | None = None,
@@ -41,16 +39,6 @@ def feature_values(values: Any, groups: Sequence[str], texts: Sequence[str], *, 
 def rewrite_grid(alphas: Sequence[float], series: Mapping[str, Any], *, baseline: float | None = None,
                  title: str = "", y_title: str = "") -> Any:
     """A metric against the rewrite step α (log axis), one line per feature value h; the base model as a line."""
-    import plotly.graph_objects as go
-
-    xs = [float(a) for a in alphas]
-    fig = go.Figure()
-    for name, values in series.items():
-        y = as_array(values, 1, f"series {name!r}")
-        if len(y) != len(xs):
-            raise InputError(f"series {name!r} has {len(y)} values for {len(xs)} α values.")
-        fig.add_trace(go.Scatter(x=xs, y=y, mode="lines+markers", name=name))
-    if baseline is not None:
-        fig.add_hline(y=baseline, line_dash="dash", line_color="grey", annotation_text="base model")
-    fig.update_xaxes(type="log")
-    return layout(fig, title=title, x_title="α (rewrite step)", y_title=y_title)
+    fig = curves([float(a) for a in alphas], series, title=title, x_title="α (rewrite step)", y_title=y_title,
+                 hline=None if baseline is None else (baseline, "base model"))
+    return fig.update_xaxes(type="log")
