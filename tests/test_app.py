@@ -57,7 +57,8 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
     family = {"zoo:gpt": "decoder", "zoo:bert": "encoder", "zoo:t5": "encoder-decoder"}[model]
     assert not at.error, messages(at)
     if tab == "Tokens & prediction":
-        assert at.table and "prediction" in " ".join(m.value for m in at.markdown)
+        table = " ".join(h.proto.body for h in at.get("html"))
+        assert "<table" in table and "top 1</th>" in table and "prediction" in " ".join(m.value for m in at.markdown)
     elif tab == "Attention":
         assert {"attention-grid", "attention-pattern", "attention-focus"} <= {k for k in _chart_ids(at)}
     elif tab == "Attention over steps":

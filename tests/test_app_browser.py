@@ -2,10 +2,14 @@
 layer and head changes, no exception on the page and no console error. Screenshots go to ``TRILENS_SCREENSHOTS``
 (default: the test's temporary folder)."""
 
+import io
+import json
 import os
 import urllib.parse
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from app_driver import (
     app_command,
@@ -69,3 +73,31 @@ def test_every_tab_in_a_real_browser(server, browser, model, tmp_path):
             assert not page.errors, page.errors
         finally:
             page.close()
+
+
+def _download(page, key: str) -> bytes:
+    """Click the download button with widget key ``key``; the file the browser saves."""
+    with page.expect_download(timeout=60_000) as info:
+        page.locator(f".st-key-{key} button").click()
+    return Path(info.value.path()).read_bytes()
+
+
+def test_downloads_hold_what_is_shown(server, browser):
+    page = open_page(browser, f"{server}/?" + urllib.parse.urlencode({"model": "zoo:t5", "tab": "Attention",
+                                                                       "layer": 1, "head": 2}))
+    try:
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        grid = pd.read_csv(io.BytesIO(_download(page, "dl-attention-grid-csv")))
+        assert len(grid) == 6 * 4 and set(grid["layer"]) == set(range(6)) and set(grid["head"]) == set(range(4))
+        pattern = pd.read_csv(io.BytesIO(_download(page, "dl-attention-csv")))
+        assert set(pattern["layer"]) == {1} and set(pattern["head"]) == {2}
+        n_tokens = pattern["query"].nunique()
+        assert len(pattern) == n_tokens * pattern["key"].nunique()
+        assert np.allclose(pattern.groupby("query")["weight"].sum(), 1.0, atol=1e-4)  # softmax rows
+        as_json = json.loads(_download(page, "dl-attention-json"))
+        assert len(as_json["rows"]) == len(pattern)
+        html = _download(page, "dl-attention-html").decode()
+        assert "layer 1, head 2" in html and "Plotly.newPlot" in html
+        assert not page.errors, page.errors
+    finally:
+        page.close()

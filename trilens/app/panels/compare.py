@@ -56,8 +56,9 @@ def compare_panel(source: str, inp: AppInput, family: str) -> None:
         att_fig = attention_pattern(delta, queries, keys, difference=True,
                                     title=f"{VIEW_TITLES[view]}, layer {layer}, head {head}: A − B")
         chart(att_fig, key="compare-attention")
-        frame = pd.DataFrame([{"layer": layer_i, "position": p, "token_a": lens_a.tokens[p], "token_b": lens_b.tokens[p],
-                               f"{statistic} A - B": float(diff[layer_i, p])}
-                              for layer_i in range(diff.shape[0]) for p in range(n)])
+        def frame() -> pd.DataFrame:  # built when a download is clicked, not on every rerun
+            return pd.DataFrame([{"layer": layer_i, "position": p, "token_a": lens_a.tokens[p],
+                                  "token_b": lens_b.tokens[p], f"{statistic} A - B": float(diff[layer_i, p])}
+                                 for layer_i in range(diff.shape[0]) for p in range(n)])
         downloads("compare", frame, lens_fig, extra={"attention_difference": {"view": view, "layer": layer,
                                                                                "head": head, "values": delta}})

@@ -49,9 +49,10 @@ def lens_panel(source: str, inp: AppInput, family: str) -> None:
             ranks = view.target_rank(position)
             chart(curves(list(range(view.n_layers)), {f"rank of “{view.targets[position]}”": ranks + 1},
                          title="target rank per layer (1 = top)", y_title="rank", log_y=True), key="lens-rank")
-        frame = pd.DataFrame([{"layer": layer, "position": p, "token": tok, "target": view.targets[p],
-                               **{s: float(v[layer, p]) for s, v in view.values.items()},
-                               "top": " ".join(view.top_tokens[layer][p]),
-                               "top_probs": " ".join(f"{x:.4f}" for x in np.asarray(view.top_probs[layer, p]))}
-                              for layer in range(view.n_layers) for p, tok in enumerate(view.tokens)])
+        def frame() -> pd.DataFrame:  # built when a download is clicked, not on every rerun
+            return pd.DataFrame([{"layer": layer, "position": p, "token": tok, "target": view.targets[p],
+                                  **{s: float(v[layer, p]) for s, v in view.values.items()},
+                                  "top": " ".join(view.top_tokens[layer][p]),
+                                  "top_probs": " ".join(f"{x:.4f}" for x in np.asarray(view.top_probs[layer, p]))}
+                                 for layer in range(view.n_layers) for p, tok in enumerate(view.tokens)])
         downloads("lens", frame, figure)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from .. import state
 from ..inputs import AppInput
-from .common import downloads, shown_errors
+from .common import downloads, html_table, shown_errors
 
 STACK_TITLES = {"encoder": "encoder (source)", "decoder": "decoder (target)"}
 
@@ -30,7 +30,7 @@ def tokens_panel(source: str, inp: AppInput, family: str) -> None:
             st.markdown(f"**{label}:** {pred.generated or '(nothing)'}")
         st.markdown(f"**prediction** — {pred.note}")
         table = pd.DataFrame(pred.rows)
-        st.table(table.set_index("position"))  # a static table: no data-grid script to load on the first tab
+        html_table(table)
         tokens = pd.DataFrame([{"stack": s, "position": p, "token": t, "id": i}
                                for s, rows in pred.tokens.items() for p, t, i in rows])
         downloads("prediction", table, extra={"tokens": tokens.to_dict(orient="records"), "generated": pred.generated})
