@@ -315,6 +315,8 @@ def test_bad_requests_say_what_to_do(tiny):
         bert.gradients(["x y z"])
     with pytest.raises(InputError, match="single token"):
         gpt.gradients(TEXTS, TokenScore(token="cat dog"))
+    with pytest.raises(InputError, match="cannot encode 'zqxwv': it becomes '\\[UNK\\]'"):
+        gpt.gradients(TEXTS, TokenScore(token="zqxwv"))  # one token for the tokenizer, but its unknown token
     with pytest.raises(InputError, match="does not exist in input 1"):
         gpt.gradients(TEXTS, TokenScore(position=5))
     with pytest.raises(InputError, match="start"):

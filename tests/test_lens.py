@@ -143,9 +143,13 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny, tmp_path):
     model = tiny("gpt2")
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(120)]
+    flags = {name: p.requires_grad for name, p in model.hf_model.named_parameters()}
     lens = TunedLens.from_model(model)
     losses = lens.fit(model, texts[:100], steps=60, batch_size=16, progress=False)
     assert losses[-1] < losses[0]
+    # the model is left as it was: no weight stops requiring gradients, none holds a gradient from the lens's training
+    assert {name: p.requires_grad for name, p in model.hf_model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.hf_model.parameters())
     logit = logit_lens(model, texts[100:]).layer_metrics()["kl"]
     tuned = run_lens(model, texts[100:], lens).layer_metrics()["kl"]
     assert (tuned.values <= logit.values + 1e-9).all() and tuned.iloc[0] < logit.iloc[0]

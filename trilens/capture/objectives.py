@@ -75,7 +75,8 @@ def _check_score(score: str) -> None:
 
 
 def token_id(model: Model, token: int | str) -> int:
-    """One vocabulary id from an id or a token string (a string must be one token of the model's vocabulary)."""
+    """One vocabulary id from an id or a token string (a string must be one token of the model's vocabulary; one the
+    tokenizer can only encode as its unknown token is refused)."""
     if not isinstance(token, str):
         try:
             if isinstance(token, bool):
@@ -96,6 +97,9 @@ def token_id(model: Model, token: int | str) -> int:
             raise InputError(f"{token!r} is {len(ids)} tokens for this tokenizer ({tok.convert_ids_to_tokens(ids)}); "
                              "a target must be a single token: pass its id or one of those tokens.")
         tid = ids[0]
+        if tid == tok.unk_token_id:
+            raise InputError(f"the tokenizer cannot encode {token!r}: it becomes {tok.unk_token!r}. Use a token of "
+                             "this model's vocabulary (or its id).")
     return int(tid)
 
 

@@ -45,14 +45,9 @@ def _class_token(model: Model, token: str | int | None, row: int, what: str) -> 
     if token is None:
         return -1
     try:
-        tid = token_id(model, token)
+        return token_id(model, token)
     except InputError as err:
         raise InputError(f"row {row}: the {what} token {token!r} is not one token of this model: {err}") from None
-    unk = getattr(model.tokenizer, "unk_token_id", None)
-    if tid == unk and token != model.tokenizer.unk_token and not isinstance(token, int):
-        raise InputError(f"row {row}: the tokenizer cannot encode the {what} token {token!r}: it becomes "
-                         f"{model.tokenizer.unk_token!r}. Use a token of this model's vocabulary.")
-    return tid
 
 
 def slot_batch(model: Model, rows: Sequence[FeatureRow]) -> SlotBatch:

@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir
-from ..provenance import model_fingerprint
+from ..capture.grad_hooks import frozen_weights
 from ..errors import InputError, StoreError
+from ..provenance import model_fingerprint
 from .divergence import kl_to_final, row_dot
 from .logit import Lens
 from .unembed import Unembed
@@ -39,8 +40,6 @@ class TunedLens(Lens):
             torch.nn.init.zeros_(t.weight)
             torch.nn.init.zeros_(t.bias)
         self.info = info
-        for p in self.unembed.parameters():
-            p.requires_grad_(False)
 
     @classmethod
     def from_model(cls, model: Model, stack: str | None = None) -> TunedLens:
@@ -74,14 +73,15 @@ class TunedLens(Lens):
         rng = random.Random(seed)
         torch.manual_seed(seed)
         losses: list[float] = []
-        for _ in tqdm(range(steps), desc="tuned lens", disable=not progress, unit="step"):
-            batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
-            cache = model.trace(batch, sites=sites, truncate=truncate)
-            opt.zero_grad(set_to_none=True)
-            losses.append(self._backward_kl(cache.accumulated_resid(stack), cache.logits, cache.mask(stack)))
-            torch.nn.utils.clip_grad_norm_(self.translator_parameters(), clip)
-            opt.step()
-            sched.step()
+        with frozen_weights(self.unembed, trainable=list(self.translator_parameters())):  # the model's own stay as they are
+            for _ in tqdm(range(steps), desc="tuned lens", disable=not progress, unit="step"):
+                batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
+                cache = model.trace(batch, sites=sites, truncate=truncate)
+                opt.zero_grad(set_to_none=True)
+                losses.append(self._backward_kl(cache.accumulated_resid(stack), cache.logits, cache.mask(stack)))
+                torch.nn.utils.clip_grad_norm_(self.translator_parameters(), clip)
+                opt.step()
+                sched.step()
         return losses
 
     def _backward_kl(self, states: torch.Tensor, final_logits: torch.Tensor, mask: torch.Tensor) -> float:
