@@ -3,11 +3,14 @@ integrated-gradients completeness, batching, contrast, aggregation, every method
 
 import pytest
 import torch
+from tiny import WORDS
 
 import trilens
 from trilens.attribution import AttributionResult, attribute, list_attribution_methods
 from trilens.attribution.aggregate import word_groups
+from trilens.attribution.targets import attribution_steps
 from trilens.capture.grad_hooks import embedding_modules
+from trilens.capture.gradients import prefix_blocks
 from trilens.errors import InputError
 
 CASES = {"gpt2": (["the cat sat on", "a dog"], ["the mat and", "was here on the"]),
@@ -52,6 +55,26 @@ def test_saliency_per_step_equals_the_gradient_of_a_rerun_on_each_prefix(tiny, n
             width = tgt.shape[0]
             assert torch.allclose(result.raw["target"][b, t, :width], tgt, atol=1e-5)
             assert result.raw["target"][b, t, width:].abs().sum() == 0  # no later token reaches step t
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5"])
+def test_long_targets_run_in_prefix_blocks_and_still_equal_a_rerun_on_each_prefix(tiny, name):
+    model = tiny(name)
+    long, short = " ".join(WORDS[i % len(WORDS)] for i in range(3, 39)), "was here on the"  # 36 and 4 words
+    if name == "gpt2":
+        inputs, targets = ["the cat sat on", "a dog"], [long, short]
+    else:
+        inputs, targets = [("the cat sat on", long), ("a dog", short)], None
+    result = attribute(model, inputs, targets, method="saliency", batch_size=2)
+    steps = attribution_steps(model, inputs, targets)
+    blocks = prefix_blocks(model, model.encode(steps.rows), steps.scored)
+    assert len(blocks) >= 2 and blocks[0][1] < blocks[-1][1]  # the first steps ran on a shorter prefix
+    for b in range(2):
+        for t in range(int(result.valid[b].sum())):
+            src, tgt = _prefix_gradients(model, result, b, t)
+            assert torch.allclose(result.raw["source"][b, t, : src.shape[0]], src, atol=1e-5)
+            assert torch.allclose(result.raw["target"][b, t, : tgt.shape[0]], tgt, atol=1e-5)
+            assert result.raw["target"][b, t, tgt.shape[0]:].abs().sum() == 0
 
 
 def test_encoder_saliency_at_each_mask_equals_a_single_objective(tiny):

@@ -340,8 +340,8 @@ def test_per_input_settings_and_interventions_follow_batch_size_chunks(tiny):
     tokens = ["cat", "dog", "a"]
     whole = gpt.gradients(TEXTS, TokenScore(token=tokens, position=[1, 0, 2]), sites="resid_post")
     parts = gpt.gradients(TEXTS, TokenScore(token=tokens, position=[1, 0, 2]), sites="resid_post", batch_size=1)
-    steps = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "b"], "cat"]), batch_size=2)
-    steps_whole = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "b"], "cat"]))
+    steps = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "dog"], "cat"]), batch_size=2)
+    steps_whole = gpt.gradients(TEXTS, StepScores(start=[2, 1, 1], foil=[["the"] * 7, ["a", "dog"], "cat"]))
     for a, b in ((whole, parts), (steps_whole, steps)):
         for key in a.grads:
             torch.testing.assert_close(a.grads[key], b.grads[key], atol=1e-5, rtol=0)

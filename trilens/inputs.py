@@ -42,6 +42,19 @@ class Batch:
                      cut(self.decoder_attention_mask), cut(self.labels),
                      {k: cut(v) for k, v in self.ids.items()}, {k: cut(v) for k, v in self.masks.items()})
 
+    def decoder_prefix(self, length: int) -> Batch:
+        """The batch with its decoder's positions cut to the first ``length`` (the whole sequence of a decoder-only
+        model, the target of an encoder-decoder): what a causal decoder computes there does not depend on the rest."""
+        def cut(t):
+            return None if t is None else t[:, :length]
+
+        if self.decoder_input_ids is None:  # decoder-only: the input is the decoder's sequence
+            return Batch(cut(self.input_ids), cut(self.attention_mask), None, None, cut(self.labels),
+                         {k: cut(v) for k, v in self.ids.items()}, {k: cut(v) for k, v in self.masks.items()})
+        return Batch(self.input_ids, self.attention_mask, cut(self.decoder_input_ids), cut(self.decoder_attention_mask),
+                     cut(self.labels), {k: cut(v) if k == "decoder" else v for k, v in self.ids.items()},
+                     {k: cut(v) if k == "decoder" else v for k, v in self.masks.items()})
+
     def to(self, device: torch.device) -> Batch:
         def mv(t):
             return None if t is None else t.to(device)
