@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,12 +48,13 @@ class Batch:
         def cut(t):
             return None if t is None else t[:, :length]
 
-        if self.decoder_input_ids is None:  # decoder-only: the input is the decoder's sequence
-            return Batch(cut(self.input_ids), cut(self.attention_mask), None, None, cut(self.labels),
-                         {k: cut(v) for k, v in self.ids.items()}, {k: cut(v) for k, v in self.masks.items()})
-        return Batch(self.input_ids, self.attention_mask, cut(self.decoder_input_ids), cut(self.decoder_attention_mask),
-                     cut(self.labels), {k: cut(v) if k == "decoder" else v for k, v in self.ids.items()},
-                     {k: cut(v) if k == "decoder" else v for k, v in self.masks.items()})
+        only = self.decoder_input_ids is None  # decoder-only: the input is the decoder's sequence
+        return replace(self, input_ids=cut(self.input_ids) if only else self.input_ids,
+                       attention_mask=cut(self.attention_mask) if only else self.attention_mask,
+                       decoder_input_ids=cut(self.decoder_input_ids),
+                       decoder_attention_mask=cut(self.decoder_attention_mask), labels=cut(self.labels),
+                       ids={k: cut(v) if k == "decoder" else v for k, v in self.ids.items()},
+                       masks={k: cut(v) if k == "decoder" else v for k, v in self.masks.items()})
 
     def to(self, device: torch.device) -> Batch:
         def mv(t):

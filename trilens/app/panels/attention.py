@@ -41,9 +41,10 @@ def _grid(maps: AttentionMaps, view: str) -> None:
     chart(figure, key="attention-grid")
     st.caption(f"{VIEW_TITLES[view]}. Pick a layer and head on the right to see its full pattern (clicks on the grid "
                "select nothing).")
-    downloads("attention-grid", lambda: pd.DataFrame([
-        {"view": view, "layer": layer, "head": head, statistic: float(grid[layer, head])}
-        for layer in range(grid.shape[0]) for head in range(grid.shape[1])]), figure)
+    def frame() -> pd.DataFrame:  # built when a download is clicked, not on every rerun
+        return pd.DataFrame([{"view": view, "layer": layer, "head": head, statistic: float(grid[layer, head])}
+                             for layer in range(grid.shape[0]) for head in range(grid.shape[1])])
+    downloads("attention-grid", frame, figure)
 
 
 @st.fragment
@@ -68,7 +69,9 @@ def _head_views(maps: AttentionMaps, view: str) -> None:
                             title=f"“{maps.query_tokens[view][token]}” in layer {layer}, every head",
                             query_title="head"), key="attention-focus")
 
-    downloads("attention", lambda: pd.DataFrame([
-        {"view": view, "layer": layer, "head": head, "query": q, "query_token": qt, "key": k, "key_token": kt,
-         "weight": float(pattern[q, k])}
-        for q, qt in enumerate(maps.query_tokens[view]) for k, kt in enumerate(maps.key_tokens[view])]), figure)
+    def frame() -> pd.DataFrame:  # built when a download is clicked, not on every rerun
+        return pd.DataFrame([{"view": view, "layer": layer, "head": head, "query": q, "query_token": qt, "key": k,
+                              "key_token": kt, "weight": float(pattern[q, k])}
+                             for q, qt in enumerate(maps.query_tokens[view])
+                             for k, kt in enumerate(maps.key_tokens[view])])
+    downloads("attention", frame, figure)
