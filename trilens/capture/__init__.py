@@ -4,9 +4,9 @@ from .cache import ActivationCache
 from .dataset import capture_dataset
 from .generation import Generation
 from .gradient_result import GradientResult
-from .interventions import AblateHeads, AblateNeurons, Hook, Intervention, Patch, Steer
+from .interventions import AblateHeads, AblateNeurons, Hook, Intervention, Patch, PatchRows, Steer
 from .objectives import LogitFunction, Objective, StepScores, TokenScore
 from .store import ActivationStore
 
 __all__ = ["ActivationCache", "ActivationStore", "capture_dataset", "AblateHeads", "AblateNeurons", "Hook", "Intervention",
-           "Patch", "Steer", "Generation", "GradientResult", "Objective", "TokenScore", "StepScores", "LogitFunction"]
+           "Patch", "PatchRows", "Steer", "Generation", "GradientResult", "Objective", "TokenScore", "StepScores", "LogitFunction"]

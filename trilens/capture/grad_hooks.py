@@ -214,10 +214,13 @@ def split_encoder(model: Model, active: bool = True) -> Iterator[dict[str, torch
 
 
 def keep_hook(store: dict[str, torch.Tensor], name: str) -> Callable:
-    """A hook that keeps the activation itself (in the graph, not a copy): its gradient is the true derivative only
-    if it is the tensor the model goes on to use."""
+    """A hook that keeps the activation itself (in the graph, not a copy) and hands it on, so it is the tensor the
+    model goes on to use and its gradient is the true derivative. Handing it on matters where the bridge shows a hook
+    a converted view of the activation (GPT-2's per-head ``z``, reshaped from the flat tensor the output projection
+    reads): the model then continues from that view (converted back), not from the original beside it."""
 
-    def hook(x: torch.Tensor, hook: Any = None) -> None:
+    def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
         store[name] = x
+        return x
 
     return hook

@@ -120,6 +120,54 @@ class Patch(Intervention):
 
 
 @dataclass
+class PatchRows(Intervention):
+    """A batched ``Patch``: row ``rows[i]`` of the batch gets ``values[i]`` at its own position and head.
+
+    Each row patches one cell (at most one per row and site). ``positions [k]`` are absolute positions (query
+    positions of an attention pattern); None patches every position of the row. ``heads [k]``, for per-head sites
+    (``z``, ``q``, ``k``, ``v``: ``[batch, pos, head, d_head]``; patterns: ``[batch, head, query, key]``), picks the
+    head. ``values`` has one entry per row: the activation at that cell (with a position axis when ``positions`` is
+    None). What an activation patching sweep runs: one forward pass patches as many cells as the batch has rows.
+    """
+
+    site: str
+    rows: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor | None = None
+    heads: torch.Tensor | None = None
+
+    def edit(self, x, axis, offset, prepared):
+        rows = self.rows.to(x.device)
+        v = self.values.to(x.device, x.dtype)
+        pattern = axis == 2
+        if self.heads is not None:
+            if x.dim() < 4:
+                raise InputError(f"{self.site} has no head axis: patch heads at z, q, k, v or an attention pattern.")
+            n_heads = x.shape[1 if pattern else 2]
+            if self.heads.numel() and not 0 <= int(self.heads.min()) <= int(self.heads.max()) < n_heads:
+                raise InputError(f"{self.site} has {n_heads} heads (0..{n_heads - 1}); head {int(self.heads.max())} "
+                                 "does not exist.")
+        if self.positions is None:
+            if offset:
+                raise InputError("PatchRows with every position needs the whole sequence in one forward pass.")
+            index: tuple = (rows,) if self.heads is None else (rows, self.heads.to(x.device)) if pattern else \
+                (rows, slice(None), self.heads.to(x.device))
+        else:
+            pos = self.positions.to(x.device) - offset
+            inside = (pos >= 0) & (pos < x.shape[axis])
+            if not bool(inside.any()):
+                return x
+            rows, pos, v = rows[inside], pos[inside], v[inside]
+            heads = None if self.heads is None else self.heads.to(x.device)[inside]
+            if pattern:
+                index = (rows, slice(None), pos) if heads is None else (rows, heads, pos)
+            else:
+                index = (rows, pos) if heads is None else (rows, pos, heads)
+        x[index] = v
+        return x
+
+
+@dataclass
 class Steer(Intervention):
     """Add ``scale * vector`` to the activation at ``site`` (at ``positions``, or everywhere)."""
 

@@ -326,10 +326,15 @@ def _takes_two(fn: Callable) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or in float64 where it already is (scores of a float64 model keep their precision)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def token_scores(logits: torch.Tensor, rows: ScoredRows, score: str) -> torch.Tensor:
     """``[batch, n]`` objective values from the logits at the scored rows (0 where a step is not valid)."""
     idx = rows.positions.to(logits.device)
-    picked = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).float()  # [batch, n, vocab]
+    picked = at_least_float32(logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])))  # [batch, n, vocab]
     value = _score(picked, rows.tokens.to(logits.device), score)
     if rows.foils is not None:
         value = value - _score(picked, rows.foils.to(logits.device), score)

@@ -11,7 +11,8 @@ from .curves import curves
 from .features import feature_values, rewrite_grid, training_curve
 from .heatmap import layer_heatmap
 from .html import figure_html, write_html
+from .patching import panel_heatmaps
 from .tokens import token_heatmap
 
-__all__ = ["attention", "attention_pattern", "head_grid", "attribution_map", "curves", "feature_values", "layer_heatmap",
+__all__ = ["attention", "attention_pattern", "head_grid", "attribution_map", "curves", "feature_values", "layer_heatmap", "panel_heatmaps",
            "rewrite_grid", "token_heatmap", "training_curve", "figure_html", "write_html"]
