@@ -243,7 +243,7 @@ def test_bad_input_is_refused(tiny):
     decoder_only = patching_sweep(t5, [("the cat sat", "on the mat")], [("a dog", "on the mat")], METRIC,
                                   sites=["resid_pre", "cross_attn_out"], stacks="decoder", progress=False)
     assert decoder_only.keys == ["decoder.resid_pre", "decoder.cross_attn_out"]
-    with pytest.raises(InputError, match="3 and 2 tokens"):
+    with pytest.raises(InputError, match="4 and 3 tokens.*stacks="):
         patching_sweep(t5, [("the cat sat", "on the mat")], [("a dog", "on the mat")], METRIC, progress=False)
     with pytest.raises(InputError, match="no 'middle' stack"):
         patching_sweep(t5, *PAIRS["t5"], METRIC, stacks="middle", progress=False)
