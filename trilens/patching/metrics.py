@@ -114,12 +114,13 @@ class ResolvedMetric:
             return per_step[:, self.step]
         return per_step.sum(1) / valid.sum(1).clamp_min(1)
 
-    def of_run(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """``[pair]``: the metric of a whole unpatched run of the pairs from its logits ``[pair, position, vocab]``."""
-        pairs = torch.arange(logits.shape[0])
+    def of_run(self, logits: torch.Tensor, batch: Batch, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """``[row]``: the metric of whole runs from their logits ``[row, position, vocab]``; row i is a run of pair
+        ``pairs[i]`` (default: row i of the pairs)."""
+        pairs = torch.arange(logits.shape[0]) if pairs is None else pairs.cpu()
         if not self.reads_rows:
             return self.evaluate(logits, pairs, batch)
-        idx = self.rows.positions.to(logits.device)
+        idx = self.rows_of(pairs).positions.to(logits.device)
         return self.evaluate(logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])), pairs)
 
 
