@@ -16,8 +16,8 @@ from trilens.app.attention_data import attention_maps
 from trilens.app.inputs import prepare
 from trilens.app.state import DEFAULT_INPUTS, LOCAL
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Feature neurons", "Lens", "Decoder lens",
-        "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
+        "Decoder lens", "Probes", "Compare")
 TIMEOUT = 180
 
 
@@ -69,6 +69,8 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
             assert "steps-curves" in _chart_ids(at)
     elif tab == "Attribution":
         assert "attr-map" in _chart_ids(at) and at.dataframe
+    elif tab == "Patching":
+        assert "patch-atp" in _chart_ids(at) and "press Compute" in messages(at)
     elif tab == "Feature neurons":
         assert "Train a feature neuron" in messages(at)
     elif tab == "Lens":

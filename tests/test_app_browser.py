@@ -23,8 +23,8 @@ from app_driver import (
     settle,
 )
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Feature neurons", "Lens", "Decoder lens",
-        "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
+        "Decoder lens", "Probes", "Compare")
 MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5")
 ARCHITECTURES = {"zoo:gpt": "GPT2LMHeadModel", "zoo:bert": "BertForMaskedLM", "zoo:t5": "T5ForConditionalGeneration"}
 
@@ -58,7 +58,7 @@ def test_every_tab_in_a_real_browser(server, browser, model, tmp_path):
         try:
             assert ARCHITECTURES[model] in page.locator("[data-testid='stSidebar']").inner_text()
             assert not exceptions(page), exceptions(page)
-            if tab in ("Attention", "Attention over steps", "Attribution", "Lens") or (tab == "Decoder lens" and model == "zoo:t5"):
+            if tab in ("Attention", "Attention over steps", "Attribution", "Patching", "Lens") or (tab == "Decoder lens" and model == "zoo:t5"):
                 page.wait_for_selector(".js-plotly-plot", timeout=60_000)  # plotly paints after the script ends
             if tab == "Attention":
                 settle(page, lambda: pick(page, "layer", "1"))

@@ -71,7 +71,7 @@ def test_help_lists_every_subcommand(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["info", "capture", "lens", "probe", "attention", "attribute", "gradiend", "study", "app"]
+    assert names == ["info", "capture", "lens", "probe", "attention", "attribute", "patch", "circuit", "gradiend", "study", "app"]
     for name in names:
         assert f"    {name} " in out
 

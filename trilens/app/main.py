@@ -16,12 +16,14 @@ from trilens.app.panels.compare import compare_panel
 from trilens.app.panels.decoder_lens import decoder_lens_panel
 from trilens.app.panels.features import features_panel
 from trilens.app.panels.lens import lens_panel
+from trilens.app.panels.patching import patching_panel
 from trilens.app.panels.probes import probes_panel
 from trilens.app.panels.steps import steps_panel
 from trilens.app.panels.tokens import tokens_panel
 from trilens.errors import TrilensError
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Feature neurons", "Lens", "Decoder lens", "Probes", "Compare")
+TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
+        "Decoder lens", "Probes", "Compare")
 DEFAULT_MODEL = "zoo:t5"
 MODEL_ENV = "TRILENS_APP_MODEL"  # how `trilens app MODEL` (and tests) choose the first model
 
@@ -116,6 +118,7 @@ def main() -> None:
     tabs = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
     panels = (lambda: tokens_panel(source, inp, model.family), lambda: attention_panel(source, inp),
               lambda: steps_panel(source, inp, model.family), lambda: attribution_panel(source, inp, model.family),
+              lambda: patching_panel(source, inp, model.family),
               lambda: features_panel(source, inp, model.family),
               lambda: lens_panel(source, inp, model.family), lambda: decoder_lens_panel(source, inp, model.family),
               lambda: probes_panel(source), lambda: compare_panel(source, inp, model.family))

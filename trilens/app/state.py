@@ -25,6 +25,7 @@ from .attribution_data import AttributionSettings, attribution_view
 from .feature_data import compute_grid, encode_input
 from .inputs import AppInput, Prepared, prepare
 from .lens_data import LensView, lens_view, load_tuned
+from .patching_data import PatchSettings, atp, exact_part
 from .prediction import Prediction, predict
 from .probe_data import run_probe
 from .steps_data import StepsView, steps_view
@@ -127,6 +128,17 @@ def steps(source: str, text: str, target: str) -> StepsView:
 @st.cache_data(max_entries=16, show_spinner=False)
 def attribution(source: str, text: str, target: str, settings: AttributionSettings) -> Any:
     return _on_input(source, text, target, lambda m, prep: attribution_view(m, prep, settings))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def patching_atp(source: str, settings: PatchSettings) -> Any:
+    return _run(source, lambda m: atp(m, settings))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def patching_part(source: str, settings: PatchSettings, part: str) -> Any:
+    """One part (a site kind, or the heads) of the exact sweep: the panel shows progress between parts."""
+    return _run(source, lambda m: exact_part(m, settings, part))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -10,10 +10,10 @@ import logging
 import sys
 
 from ..errors import TrilensError
-from . import app, attention, attribute, capture, gradiend, info, lens, probe, study
+from . import app, attention, attribute, capture, circuit, gradiend, info, lens, patch, probe, study
 
 # One module per subcommand, each with ``add_parser(subparsers)``; the order is the order of ``--help``.
-SUBCOMMANDS = (info, capture, lens, probe, attention, attribute, gradiend, study, app)
+SUBCOMMANDS = (info, capture, lens, probe, attention, attribute, patch, circuit, gradiend, study, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

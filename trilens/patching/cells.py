@@ -167,8 +167,8 @@ def panels(model: Model, sites: Sequence[str] | None, heads: bool | Sequence[str
             if not aligned[stack]:
                 raise InputError(f"{_unaligned(cb, kb, stack)}: patching {panel.key} needs equal token lengths in each "
                                  "pair (write the corrupted input with as many tokens as the clean one, e.g. one name for "
-                                 "another of one token). On an encoder-decoder, decoder sites need only equal targets: pass "
-                                 "stacks='decoder' to patch those alone.")
+                                 "another of one token)." + (" Decoder sites need only equal targets: pass stacks='decoder' "
+                                 "(CLI: --stacks decoder) to patch those alone." if model.family == "encoder-decoder" else ""))
     return out
 
 

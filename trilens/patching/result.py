@@ -1,5 +1,5 @@
 """``PatchingResult``: the metric of every patched cell (exact, or estimated by attribution patching), raw and
-normalised, with the tokens of each position."""
+normalised, with the tokens of each position (the clean run's)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ METHOD_TITLES = {"exact": "activation patching", "atp": "attribution patching (A
 
 
 def stack_tokens(model: Model, batch: Batch) -> dict[str, list[list[str]]]:
-    """Per stack, each pair's real tokens (of the patched run)."""
+    """Per stack, each pair's real tokens."""
     out = {}
     for stack, ids in batch.ids.items():
         mask = batch.masks[stack].cpu()

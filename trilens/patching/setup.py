@@ -30,6 +30,7 @@ class Prepared:
     spec: Any
     direction: str
     base_batch: Batch
+    clean_batch: Batch  # its tokens label the positions: denoising writes the clean run's activations in
     panels: list[Panel]
     base: ActivationCache
     source: ActivationCache
@@ -50,7 +51,7 @@ class Prepared:
                **extra: Any) -> PatchingResult:
         return PatchingResult(
             values=values, panels=self.panels, m_clean=self.m_clean.cpu(), m_corrupted=self.m_corrupted.cpu(),
-            tokens=stack_tokens(model, self.base_batch), direction=self.direction, method=method, family=model.family,
+            tokens=stack_tokens(model, self.clean_batch), direction=self.direction, method=method, family=model.family,
             magnitudes=extra.pop("magnitudes", None),
             info=provenance(model, "patching" if method == "exact" else "attribution_patching",
                             {"method": method, "sites": [p.key for p in self.panels], "direction": self.direction,
@@ -74,6 +75,6 @@ def prepare(model: Model, clean: Any, corrupted: Any, metric: Any, *, sites: str
     denoise = direction == "denoise"
     base_batch = (kb if denoise else cb).to(model.device)
     bound = resolve(model, base_batch, spec, clean_run.logits, corrupted_run.logits, step)
-    return Prepared(spec, direction, base_batch, panel_list, corrupted_run if denoise else clean_run,
+    return Prepared(spec, direction, base_batch, cb, panel_list, corrupted_run if denoise else clean_run,
                     clean_run if denoise else corrupted_run, bound, bound.of_run(clean_run.logits, cb.to(model.device)),
                     bound.of_run(corrupted_run.logits, kb.to(model.device)), cb.input_ids.shape[0])

@@ -15,6 +15,7 @@ import torch
 
 from ..capture.grad_hooks import head_rows
 from ..capture.interventions import PatchRows, RunState
+from ..capture.replay import BlockReplay
 from ..errors import InputError
 from .cells import Cells, Panel, enumerate_cells
 from .metrics import ResolvedMetric
@@ -65,15 +66,22 @@ def patching_sweep(
     prep = prepare(model, clean, corrupted, metric, sites=sites, heads=heads, positions=positions, direction=direction,
                    step=step, stacks=stacks)
     cells = enumerate_cells(prep.panels, prep.base_batch.masks)
+    replay = BlockReplay(model, prep.base_batch)
+    starts = torch.tensor([replay.index(p.stack, 0) for p in prep.panels])[cells.panel] + cells.layer
+    order = torch.argsort(starts, stable=True)  # chunks of one first-changed block: the blocks before it replay
+    cells, starts = cells.take(order), starts[order]
     source = {n: prep.source[n] for n in prep.sites}
-    flat = _run_cells(model, prep.base_batch, prep.bound, prep.panels, cells, source, batch_size, progress)
+    flat = _run_cells(model, prep.base_batch, prep.bound, prep.panels, cells, starts, replay, source, batch_size,
+                      progress)
     return prep.result(model, scatter(prep.panels, cells, flat, prep.base_batch.masks), "exact",
                        {"positions": positions, "step": step, "batch_size": batch_size}, cells=len(cells))
 
 
 def _run_cells(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_list: list[Panel], cells: Cells,
-               source: dict[str, torch.Tensor], batch_size: int, progress: bool) -> torch.Tensor:
-    """``[cells]`` metric values: chunks of ``batch_size`` cells, each row of a forward pass one patched cell."""
+               starts: torch.Tensor, replay: BlockReplay, source: dict[str, torch.Tensor], batch_size: int,
+               progress: bool) -> torch.Tensor:
+    """``[cells]`` metric values: chunks of ``batch_size`` cells, each row of a forward pass one patched cell; the
+    blocks before a chunk's first patched block replay the unpatched run's outputs."""
     from tqdm.auto import tqdm
 
     out = torch.empty(len(cells), dtype=torch.float64)
@@ -81,7 +89,8 @@ def _run_cells(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_lis
     try:
         for start in range(0, len(cells), batch_size):
             chunk = cells.take(slice(start, start + batch_size))
-            out[start:start + len(chunk)] = _run_chunk(model, base_batch, bound, panel_list, chunk, source)
+            with replay.skipping(int(starts[start:start + batch_size].min()), chunk.pair):
+                out[start:start + len(chunk)] = _run_chunk(model, base_batch, bound, panel_list, chunk, source)
             bar.update(len(chunk))
     finally:
         bar.close()

@@ -25,9 +25,9 @@ def _place(name: str, n_heads: int, enc_rows: int, layers: dict[str, int]) -> tu
     if inp:
         return mid, base - 1.0
     if enc:
-        return 2 * mid, enc_rows - 1.0
-    if logits:
-        return mid, base + float(layers.get(stack or "", 0))
+        return mid, float(layers.get("enc", 0))
+    if logits:  # above the last stack (an encoder-decoder's decoder)
+        return mid, float(enc_rows + layers.get("dec", layers.get("", 0)))
     y = base + int(layer)
     if kind == "m":
         return 2 * n_heads + 4.0, y
@@ -36,6 +36,18 @@ def _place(name: str, n_heads: int, enc_rows: int, layers: dict[str, int]) -> tu
     if head is not None:
         return (n_heads + 3.0 + int(head), y + 0.15)
     return (n_heads + 2.0, y - 0.15) if kv is None else (n_heads + 2.0, y - 0.35)
+
+
+def _row_label(y: int, enc_rows: int, layers: dict[str, int]) -> str:
+    """What row ``y`` holds: an encoder-decoder's rows are encoder input, layers, output, then the decoder's."""
+    if not enc_rows:
+        n = layers.get("", 0)
+        return "input" if y < 0 else "logits" if y >= n else f"L{y}"
+    if y < enc_rows:
+        n = layers.get("enc", 0)
+        return "enc input" if y < 0 else "encoder output" if y >= n else f"enc L{y}"
+    y -= enc_rows
+    return "dec input" if y < 0 else "logits" if y >= layers.get("dec", 0) else f"dec L{y}"
 
 
 def circuit_graph(
@@ -83,7 +95,9 @@ def circuit_graph(
                              text=names, textposition="top center", textfont={"size": 9}, hovertext=hover,
                              hoverinfo="text", marker={"size": 9, "color": "#444"}, showlegend=False), row=1, col=1)
     fig.update_xaxes(visible=False, row=1, col=1)
-    fig.update_yaxes(title_text="layer", row=1, col=1)
+    rows = sorted({y for _, y in pos.values()})
+    fig.update_yaxes(title_text="layer", tickvals=[round(y) for y in rows],
+                     ticktext=[_row_label(round(y), enc_rows, layers) for y in rows], row=1, col=1)
     if curve:
         sizes, recovered = curve
         fig.add_trace(go.Scatter(x=[max(int(n), 0.5) for n in sizes], y=list(recovered), mode="lines+markers",
