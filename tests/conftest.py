@@ -34,3 +34,16 @@ def tiny(tiny_path):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """``zoo(name)`` -> the loaded zoo model ``zoo:name`` (cached per session; do not mutate it)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = trilens.load(f"zoo:{name}")
+        return cache[name]
+
+    return get

@@ -23,18 +23,6 @@ INPUTS = {"gpt": AppInput("not ( T and F ) ="), "bert": AppInput("not ( T and F 
           "t5": AppInput("f c e h b a >", "a b h e c f")}
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = trilens.load(f"zoo:{name}")
-        return cache[name]
-
-    return get
-
-
 @pytest.mark.parametrize("name", ["gpt", "bert", "t5"])
 def test_attention_maps_hold_every_head_with_token_labels(name, zoo):
     model = zoo(name)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import trilens
 from trilens import TokenScore
 from trilens.app import APP_SCRIPT
 from trilens.app.patching_data import PatchSettings, atp, corrupt, exact_part, merge, pair, parts
@@ -18,18 +17,6 @@ from trilens.patching import attribution_patching, patching_sweep
 
 TIMEOUT = 180
 T5_INPUT = ("f c e h b a >", "a b h e c f")  # the app's example for zoo:t5 (the reverse task)
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = trilens.load(f"zoo:{name}")
-        return cache[name]
-
-    return get
 
 
 @pytest.mark.parametrize("text,want", [

@@ -14,6 +14,7 @@ from trilens.patching import KLDivergence, PatchingResult, attribution_patching,
 METRIC = TokenScore(token="sat", foil="is", score="logit")
 PAIRS = {
     "gpt2": (["the cat sat on the mat", "a dog sat on a big"], ["the dog sat on the mat", "a cat sat on a big"]),
+    "llama": (["the cat sat on the mat", "a dog sat on a big"], ["the dog sat on the mat", "a cat sat on a big"]),
     "bert": (["the cat [MASK] on the mat", "a dog [MASK] here"], ["the dog [MASK] on the mat", "a cat [MASK] here"]),
     "t5": ([("the cat sat", "on the mat"), ("a dog", "is here")], [("the dog sat", "on the mat"), ("a cat", "is here")]),
     "bart": ([("the cat sat", "on the mat"), ("a dog", "is here")], [("the dog sat", "on the mat"), ("a cat", "is here")]),
@@ -46,7 +47,8 @@ def _reference_intervention(panel, site, value, pos, head):
 def test_batched_sweep_equals_a_loop_of_single_patches(tiny, arch):
     model = tiny(arch)
     clean, corrupted = PAIRS[arch]
-    heads = ["z", "attn_pattern"] if arch == "gpt2" else ["z", "q", "v"]  # patterns reach the output only on GPT-2
+    # patterns reach the output only on GPT-2; decoder-only runs start at the chunk's first patched position
+    heads = {"gpt2": ["z", "q", "k", "v", "attn_pattern"], "llama": ["z", "q", "k", "v"]}.get(arch, ["z", "q", "v"])
     result = patching_sweep(model, clean, corrupted, METRIC, heads=heads, batch_size=7, progress=False)
     source = model.trace(clean, sites=[s for p in result.panels for s in p.sites])
     checked = 0

@@ -15,7 +15,8 @@ def _shipped(*names):
 
 
 def test_the_studies_are_listed(capsys):
-    assert {"decoder_lens", "logit_lens", "attention_degeneration", "attribution_alignment", "gradiend"} <= set(list_studies())
+    assert {"decoder_lens", "logit_lens", "attention_degeneration", "attribution_alignment", "gradiend",
+            "patching"} <= set(list_studies())
     assert cli(["study", "list"]) == 0
     assert "decoder_lens" in capsys.readouterr().out
 
@@ -148,3 +149,42 @@ def test_gradiend_study_quick_run(tmp_path):
     assert 0 < kn["k"] <= kn["neurons_A"] + kn["neurons_B"] and kn["max_ig_delta"] < 1e-3
     assert {"bert-training", "bert-encodings", "bert-rewrite-pa", "bert-knowledge-neurons"} <= set(ctx.figures)
     assert (tmp_path / "g" / "tables" / "bert-rewrite-grid.csv").read_text().startswith("h,alpha,p_a")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _shipped("gpt", "bert", "t5"), reason="the zoo models are not trained in this checkout")
+def test_patching_study_quick_run(tmp_path):
+    from trilens import load_result
+    from trilens.patching import PatchingResult
+
+    ctx = run_study("patching", tmp_path / "p", quick=True, progress=False)
+    names = ctx.metrics["gpt/names"]
+    assert names["answers_right"] == 1.0
+    # the name carries the pronoun in the early layers, the last position (which predicts it) in the late ones
+    (peaks,) = names["mean_peaks"].values()
+    assert [p["role"] for p in peaks[:3]] == ["source"] * 3 and peaks[-1]["role"] == "read"
+    assert peaks[0]["value"] == pytest.approx(1.0)  # layer 0: the name is the only difference
+    assert names["peak_at_known"] == 1.0 and names["handoff_layer"]["decoder"] >= 2
+    agreement = ctx.metrics["gpt/agreement"]
+    assert agreement["peak_at_source"] > 0.5  # the subject, not the attractor
+    assert all(p["position"] != 4 for p in next(iter(agreement["mean_peaks"].values()))[:-1])
+    # zoo:t5 keeps the copied symbol at its encoder position and reads it through cross-attention at step t
+    t5 = ctx.metrics["t5/reverse"]
+    for key, peaks in t5["mean_peaks"].items():
+        expected = ["source"] * 6 if key.endswith("/ encoder") else ["none", "read"]
+        assert [p["role"] for p in peaks] == expected, key
+    assert max(t5["cross_attention"]["cross_attn_out_by_layer"]) > 0.5
+    logic = ctx.metrics["bert/logic"]
+    (peaks,) = logic["mean_peaks"].values()
+    assert peaks[0]["role"] == "source" and peaks[-1]["role"] == "read" and peaks[-1]["token"] == "[MASK]"
+    for case in ("gpt/names", "gpt/agreement", "t5/reverse", "bert/logic"):
+        m = ctx.metrics[case]
+        assert m["atp_spearman"] > 0.7 and m["atp_mean_top_k_recall"] >= 0.5, case
+    # AtP*'s QK fix brings query / key cells closer to the exact sweep than plain AtP
+    assert t5["atp*_qk_pearson"] > t5["atp_qk_pearson"] and agreement["atp*_qk_pearson"] > agreement["atp_qk_pearson"]
+    (circuit,) = names["circuit"]
+    assert circuit["status"] == "ok" and 0 < circuit["edges"] < circuit["of_edges"]
+    assert logic["circuit"][0]["status"].startswith("refused")  # EAP needs pre-norm blocks; zoo:bert is post-norm
+    assert isinstance(load_result(tmp_path / "p" / "results" / "t5_reverse_exact"), PatchingResult)
+    assert {"gpt_names_decoder_exact", "t5_reverse_cross_attn_out_exact", "bert_logic_encoder_peaks"} <= set(ctx.figures)
+    assert (tmp_path / "p" / "tables" / "cases.csv").read_text().startswith("case,pairs")

@@ -68,7 +68,8 @@ def patching_sweep(
     cells = enumerate_cells(prep.panels, prep.base_batch.masks)
     replay = BlockReplay(model, prep.base_batch)
     starts = torch.tensor([replay.index(p.stack, 0) for p in prep.panels])[cells.panel] + cells.layer
-    order = torch.argsort(starts, stable=True)  # chunks of one first-changed block: the blocks before it replay
+    # chunks of one first-changed block (the blocks before it replay), then by position (a causal run starts there)
+    order = torch.argsort(starts * (cells.position.max() + 2) + cells.position.clamp_min(0), stable=True)
     cells, starts = cells.take(order), starts[order]
     source = {n: prep.source[n] for n in prep.sites}
     flat = _run_cells(model, prep.base_batch, prep.bound, prep.panels, cells, starts, replay, source, batch_size,
@@ -89,8 +90,10 @@ def _run_cells(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_lis
     try:
         for start in range(0, len(cells), batch_size):
             chunk = cells.take(slice(start, start + batch_size))
-            with replay.skipping(int(starts[start:start + batch_size].min()), chunk.pair):
-                out[start:start + len(chunk)] = _run_chunk(model, base_batch, bound, panel_list, chunk, source)
+            first = _first_position(replay, bound, panel_list, chunk)
+            with replay.skipping(int(starts[start:start + batch_size].min()), chunk.pair, first):
+                out[start:start + len(chunk)] = _run_chunk(model, base_batch, bound, panel_list, chunk, source,
+                                                           replay, first)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -117,18 +120,29 @@ def patch_interventions(panel_list: list[Panel], chunk: Cells, source: dict[str,
     return ivs
 
 
+def _first_position(replay: BlockReplay, bound: ResolvedMetric, panel_list: list[Panel], chunk: Cells) -> int:
+    """Where a causal decoder-only run of the chunk can start: its earliest patched position and earliest scored
+    position (0 where a cell spans every position, the metric reads all logits, or the model's cache cannot be cut)."""
+    if not replay.can_start_late or not bound.reads_rows or bool((chunk.position < 0).any()):
+        return 0
+    scored = bound.rows_of(chunk.pair)
+    scored_min = int(scored.positions[scored.valid].min()) if bool(scored.valid.any()) else 0
+    return max(0, min(int(chunk.position.min()), scored_min))
+
+
 def _run_chunk(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_list: list[Panel], chunk: Cells,
-               source: dict[str, torch.Tensor]) -> torch.Tensor:
+               source: dict[str, torch.Tensor], replay: BlockReplay, first: int) -> torch.Tensor:
     pairs = chunk.pair
     sub = base_batch.rows(pairs.to(base_batch.input_ids.device))
-    state = RunState(masks=dict(sub.masks))
+    state = RunState(masks=dict(sub.masks), offsets={"decoder": first})
     hooks = [h for iv in patch_interventions(panel_list, chunk, source) for h in iv.hooks(model, state)]
+    kwargs = replay.forward_kwargs(sub, pairs, first)
     with torch.no_grad(), model.hooks(hooks):
         if bound.reads_rows:
-            with head_rows(model, bound.rows_of(pairs).positions):
-                logits = model.hf_model(**sub.forward_kwargs()).logits
+            with head_rows(model, bound.rows_of(pairs).positions.clamp_min(first) - first):
+                logits = model.hf_model(**kwargs).logits
             return bound.evaluate(logits, pairs).cpu()
-        logits = model.hf_model(**sub.forward_kwargs()).logits
+        logits = model.hf_model(**kwargs).logits
         return bound.evaluate(logits, pairs, sub).cpu()
 
 
