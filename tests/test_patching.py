@@ -195,6 +195,9 @@ def test_result_contract_and_comparison(tiny, tmp_path):
     assert same["all"]["spearman"] == pytest.approx(1.0) and same["all"]["top_k_recall"] == 1.0
     agreement = exact.compare(atp)
     assert set(agreement) == set(exact.keys) | {"all"} and -1 <= agreement["all"]["spearman"] <= 1
+    heatmap_cells = sum(int(torch.isfinite(exact.effect(k).nanmean(0)).sum()) for k in exact.keys)
+    assert agreement["all"]["cells"] == heatmap_cells  # the mean over pairs, as the heatmap shows
+    assert exact.compare(atp, per_pair=True)["all"]["cells"] == sum(int(torch.isfinite(v).sum()) for v in exact.values.values())
     frame = exact.to_frame()
     assert len(frame) == sum(int(torch.isfinite(v).sum()) for v in exact.values.values())
     assert set(frame["token"].dropna()) <= set(sum(exact.tokens["decoder"], []))
@@ -249,3 +252,12 @@ def test_bad_input_is_refused(tiny):
         patching_sweep(t5, [("the cat sat", "on the mat")], [("a dog", "on the mat")], METRIC, progress=False)
     with pytest.raises(InputError, match="no 'middle' stack"):
         patching_sweep(t5, *PAIRS["t5"], METRIC, stacks="middle", progress=False)
+
+
+def test_graddrop_runs_on_pre_norm_models_only(tiny):
+    star = attribution_patching(tiny("gpt2"), *PAIRS["gpt2"], METRIC, method="atp*")
+    assert star.magnitudes is not None and "graddrop" not in star.info["params"]
+    assert star.info["backward_passes"] == 1 + tiny("gpt2").n_layers["decoder"]
+    bert = attribution_patching(tiny("bert"), *PAIRS["bert"], METRIC, method="atp*")  # post-norm: every path is cut
+    assert bert.magnitudes is None and "post-norm" in bert.info["params"]["graddrop"]
+    assert bert.info["backward_passes"] == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,9 +76,15 @@ class StudyContext:
 
 
 def _load_module(folder: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(f"trilens_study_{folder.name}", folder / "study.py")
+    name = f"trilens_study_{folder.name}"
+    spec = importlib.util.spec_from_file_location(name, folder / "study.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module  # what dataclasses and pickling look a module up by while it runs
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     if not callable(getattr(module, "run", None)):
         raise InputError(f"{folder / 'study.py'} has no run(ctx) function.")
     return module

@@ -6,11 +6,13 @@ its attention pattern is recomputed exactly (one key, or one query row, changed)
 to the metric is linear, with ∂m/∂A = ∂m/∂z · vᵀ read from the head's output ``z``. GradDrop: the backward pass is
 repeated once per layer with the gradient through that layer's residual contributions dropped; the mean of the
 estimates' absolute values over those passes (``result.magnitudes``) catches cells whose paths cancel in the plain
-gradient.
+gradient. GradDrop needs a residual stream that is a sum of the layers' contributions: on post-norm models (BERT,
+BART) it is not run, and the result's parameters say so.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +27,14 @@ from .setup import Prepared, prepare
 if TYPE_CHECKING:
     from ..model import Model
 
+logger = logging.getLogger(__name__)
+
 METHODS = ("atp", "atp*")
 QK_KINDS = {"q": "", "k": "", "cross_q": "cross_", "cross_k": "cross_"}
 # A layer's contributions to the residual stream, whose gradient GradDrop drops in turn.
 CONTRIBUTIONS = ("attn_out", "cross_attn_out", "mlp_out")
+GRADDROP_SKIPPED = ("GradDrop not run: this model normalises its residual stream after every sublayer (post-norm), so "
+                    "no layer's contribution can be dropped alone; magnitudes are None")
 QK_FIT_TOLERANCE = 1e-2  # relative residual of attention scores against s * q.k above which the QK fix is refused
 
 
@@ -53,9 +59,11 @@ def attribution_patching(
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
     star = method == "atp*"
     prep = prepare(model, clean, corrupted, metric, sites=sites, heads=heads, positions=positions, direction=direction,
-                   step=step, stacks=stacks, extra_sites=(lambda ps: _qk_sites(model, ps)) if star else None)
+                   step=step, stacks=stacks,
+                   extra_sites=(lambda ps: _qk_sites(model, ps) + _sum_sites(model)) if star else None)
     sites_needed = list(dict.fromkeys(prep.sites + (_qk_sites(model, prep.panels) if star else [])))
-    stops = [()] + (_graddrop_stops(model) if star else [])
+    graddrop = star and _residual_is_a_sum(model, prep)
+    stops = [()] + (_graddrop_stops(model) if graddrop else [])
     grads = metric_gradients(model, prep.base_batch, prep.bound, sites_needed, stops)
     scales: dict[tuple[str, int], float] = {}
     values = {p.key: _estimate(model, prep, p, grads[0], star, scales) for p in prep.panels}
@@ -65,8 +73,11 @@ def attribution_patching(
         magnitudes = {k: sum(d[k].abs() for d in dropped) / max(len(dropped) - 1, 1) for k in values}
     base = prep.m_base.cpu()
     out = {k: v + base.view(-1, *[1] * (v.dim() - 1)) for k, v in values.items()}
-    return prep.result(model, out, method, {"positions": positions, "step": step}, magnitudes=magnitudes,
-                       backward_passes=len(stops))
+    params = {"positions": positions, "step": step}
+    if star and not graddrop:
+        params["graddrop"] = GRADDROP_SKIPPED
+        logger.info("AtP*: %s", GRADDROP_SKIPPED)
+    return prep.result(model, out, method, params, magnitudes=magnitudes, backward_passes=len(stops))
 
 
 def _estimate(model: Model, prep: Prepared, panel: Panel, grads: dict[str, torch.Tensor], star: bool,
@@ -98,6 +109,22 @@ def _qk_sites(model: Model, panel_list: list[Panel]) -> list[str]:
     """The sites the QK fix reads besides the panels' own: each query/key layer's q, k, v, z and pattern."""
     return [s for p in panel_list if p.kind in QK_KINDS for layer in range(len(p.sites))
             for s in _attention_sites(model, p, layer).values()]
+
+
+def _sum_sites(model: Model) -> list[str]:
+    """The first layer's residual stream before and after, and its contributions: whether it is their sum."""
+    stack = model.stacks[0]
+    return [model.site("resid_pre", 0, stack), model.site("resid_post", 0, stack)] + _graddrop_stops(model)[0]
+
+
+def _residual_is_a_sum(model: Model, prep: Prepared) -> bool:
+    """Whether the residual stream after a layer is the one before plus the layer's contributions (pre-norm blocks).
+    Post-norm blocks (BERT, BART) normalise the sum, and their attention-output hook is that normalised stream
+    itself: dropping its gradient would cut every path."""
+    names = _sum_sites(model)
+    before, after, parts = prep.base[names[0]].double(), prep.base[names[1]].double(), names[2:]
+    gap = after - before - sum(prep.base[n].double() for n in parts)
+    return float(gap.abs().max()) <= 1e-4 * max(float(after.abs().max()), 1.0)
 
 
 def _graddrop_stops(model: Model) -> list[list[str]]:

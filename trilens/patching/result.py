@@ -178,10 +178,13 @@ class PatchingResult(Result):
                               f"{self.info.get('model', '')}", colorbar=what, zmid=0.0 if normalised else
                               float(self.m_base.mean()))
 
-    def compare(self, other: PatchingResult, *, key: str | None = None, k: int = 10) -> dict[str, Any]:
+    def compare(self, other: PatchingResult, *, key: str | None = None, k: int = 10,
+                per_pair: bool = False) -> dict[str, Any]:
         """How well ``other`` (an approximation, say) agrees with this result over the cells both hold: Spearman and
         Pearson correlation of the changes, and the share of this result's top-``k`` cells (by |change|) that are in
-        ``other``'s top ``k``; per panel and over all."""
+        ``other``'s top ``k``; per panel and over all. The cells are those of the heatmap, each change averaged over
+        pairs (``per_pair=True``: every pair's cell on its own; with many pairs, ties among cells that restore the
+        whole gap then make top-k recall say little)."""
         keys = [p.key for p in self.panels if p.key in other.keys and (key is None or key in (p.key, p.kind))]
         if not keys:
             raise InputError(f"the two results share no panel{f' {key!r}' if key else ''}: {', '.join(self.keys)} vs "
@@ -192,6 +195,8 @@ class PatchingResult(Result):
             a, b = self.effect(name), other.effect(name)
             if a.shape != b.shape:
                 raise InputError(f"panel {name} has shape {tuple(a.shape)} here and {tuple(b.shape)} in the other result.")
+            if not per_pair:
+                a, b = a.nanmean(0), b.nanmean(0)
             both = torch.isfinite(a) & torch.isfinite(b)
             a_all.append(a[both])
             b_all.append(b[both])
