@@ -50,6 +50,19 @@ def test_edges_out_of_a_node_sum_to_its_attribution_patching_score(tiny, arch):
     assert checked >= 2 * model.n_layers[model.stacks[-1]]
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_edges_into_a_node_sum_to_attribution_patching_at_its_input(tiny, arch):
+    """The logits read the last residual stream: the edges into them sum to AtP of that whole layer's resid_post."""
+    model = tiny(arch)
+    clean, corrupted = PAIRS[arch]
+    result = edge_attribution(model, clean, corrupted, METRIC, method="eap", faithfulness=False, progress=False)
+    stack = model.stacks[-1]
+    atp = attribution_patching(model, clean, corrupted, METRIC, sites="resid_post", positions="all", stacks=stack)
+    want = atp.effect(f"{stack}.resid_post")[:, -1]  # [pair]: the last layer
+    got = result.scores[:, :, result.receivers.index("logits")].nansum(-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_an_edge_score_is_the_first_order_change_of_patching_that_edge(tiny_path):
     model = trilens.load(tiny_path("gpt2"), dtype=torch.float64)
     clean, corrupted = PAIRS["gpt2"]
