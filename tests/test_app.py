@@ -87,7 +87,7 @@ def test_every_tab_renders_for_each_family(monkeypatch, model, tab):
 
 
 CHART_KEYS = ("attention-grid", "attention-pattern", "attention-focus", "steps-curves", "steps-map", "attr-map", "feat-curve", "feat-values", "feat-grid", "lens-heatmap", "lens-rank",
-              "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention")
+              "decoder-lens-curves", "probe-curves", "compare-lens", "compare-attention", "patch-atp")
 
 
 def _chart_ids(at: AppTest) -> set[str]:

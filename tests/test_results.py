@@ -27,6 +27,7 @@ from trilens.lens import (
     decoder_lens,
     logit_lens,
 )
+from trilens.patching import edge_attribution, patching_sweep
 from trilens.probes import ProbeResult, probe_layers
 
 LEGACY = Path(__file__).parent / "data" / "saved-0.1.0"
@@ -49,6 +50,10 @@ def results(tiny):
         "AttributionResult": attribute(bart, [("x y z", "z y"), ("the cat", "cat the a")], method="ig", n_steps=4,
                                        step_scores=("probability", "rank")).aggregate(words=True),
         **_feature_results(bert),
+        "PatchingResult": patching_sweep(gpt, ["the cat sat on the mat"], ["the dog sat on the mat"], "kl",
+                                         heads=True, progress=False),
+        "CircuitResult": edge_attribution(gpt, ["the cat sat on the mat"], ["the dog sat on the mat"], "kl", steps=2,
+                                          progress=False),
     }
 
 
