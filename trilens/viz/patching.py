@@ -35,8 +35,11 @@ def panel_heatmaps(
     finite = [np.abs(z[np.isfinite(z)] - zmid) for z in zs if np.isfinite(z).any()]
     span = float(max((f.max() for f in finite), default=1.0)) or 1.0
     heights = [max(z.shape[0], 2) for z in zs]
+    # room between panels for the rotated position labels, the axis title and the next panel's title
+    gap_px, height = 120, 100 + 26 * sum(heights) + 120 * len(zs)
     fig = make_subplots(rows=len(zs), cols=1, subplot_titles=[p.get("title", "") for p in panels],
-                        row_heights=[h / sum(heights) for h in heights], vertical_spacing=min(0.3 / len(zs), 0.12))
+                        row_heights=[h / sum(heights) for h in heights],
+                        vertical_spacing=min(gap_px / height, 1 / max(len(zs) - 1, 1) - 1e-3))
     for i, (p, z) in enumerate(zip(panels, zs), start=1):
         fig.add_trace(go.Heatmap(z=z, x=list(p["x"]), y=list(p["y"]), colorscale="RdBu", zmid=zmid, zmin=zmid - span,
                                  zmax=zmid + span, showscale=i == 1, colorbar={"title": colorbar},
@@ -44,7 +47,7 @@ def panel_heatmaps(
                       row=i, col=1)
         fig.update_xaxes(title_text=p.get("x_title", ""), type="category", row=i, col=1)
         fig.update_yaxes(title_text=p.get("y_title", ""), type="category", autorange="reversed", row=i, col=1)
-    fig = layout(fig, title=title, x_title="", y_title="", height=max(320, 90 + 26 * sum(heights) + 70 * len(zs)))
+    fig = layout(fig, title=title, x_title="", y_title="", height=max(320, height))
     for i in range(1, len(zs) + 1):  # layout() set the first axes' titles to ''; restore each panel's own
         fig.update_xaxes(title_text=panels[i - 1].get("x_title", ""), row=i, col=1)
         fig.update_yaxes(title_text=panels[i - 1].get("y_title", ""), row=i, col=1)
