@@ -119,5 +119,5 @@ def test_circuit_prints_the_top_edges_and_the_circuit_and_saves_the_result(tmp_p
     assert isinstance(saved, CircuitResult) and saved.sizes == direct.sizes
     torch.testing.assert_close(saved.scores, direct.scores, equal_nan=True, atol=1e-6, rtol=1e-6)
     assert (out / "figure.html").exists()
-    assert main(["circuit", "zoo:bert", "--clean", "T and [MASK]", "--corrupted", "F and [MASK]", "--no-progress"]) == 2
-    assert "post-norm" in capsys.readouterr().err
+    assert main(["circuit", "zoo:gpt", "--clean", "a b c", "--corrupted", "a b", "--no-progress"]) == 2
+    assert "token length" in capsys.readouterr().err

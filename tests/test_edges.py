@@ -17,6 +17,7 @@ PAIRS = {
     "llama": (["the cat sat on the mat", "a dog sat on a big"], ["the dog sat on the mat", "a cat sat on a big"]),
     "t5": ([("the cat sat", "on the mat"), ("a dog", "is here")], [("the dog sat", "on the mat"), ("a cat", "is here")]),
     "bert": (["the cat [MASK] on the mat", "a dog [MASK] here"], ["the dog [MASK] on the mat", "a cat [MASK] here"]),
+    "bart": ([("the cat sat", "on the mat"), ("a dog", "is here")], [("the dog sat", "on the mat"), ("a cat", "is here")]),
 }
 
 
@@ -29,7 +30,7 @@ def _tag(model, stack):
     return {"encoder": "enc.", "decoder": "dec."}[stack] if model.family == "encoder-decoder" else ""
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bert", "bart"])
 def test_edges_out_of_a_node_sum_to_its_attribution_patching_score(tiny, arch):
     model = tiny(arch)
     clean, corrupted = PAIRS[arch]
@@ -100,7 +101,7 @@ def test_eap_ig_with_one_step_reads_the_gradient_at_the_clean_run(tiny, arch):
             torch.testing.assert_close(got, -noise.effect(key)[:, layer], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5", "bert", "bart"])
 def test_the_full_circuit_is_the_clean_run_and_the_empty_one_the_corrupted_run(tiny, arch):
     model = tiny(arch)
     clean, corrupted = PAIRS[arch]
@@ -113,19 +114,20 @@ def test_the_full_circuit_is_the_clean_run_and_the_empty_one_the_corrupted_run(t
     assert abs(float(full.recovered()[0]) - 1) < 1e-4 and abs(float(result.recovered()[0])) < 1e-4
 
 
-def test_dropping_the_edges_into_a_layer_patches_that_layer_alone(tiny):
-    """Layer 0's attention reads only the input: its edge given the corrupted value = its output patched."""
-    model = tiny("gpt2")
-    clean, corrupted = PAIRS["gpt2"]
+@pytest.mark.parametrize("arch,site", [("gpt2", "blocks.0.hook_attn_out"), ("bert", "blocks.0.attn.o.hook_out")])
+def test_dropping_the_edges_into_a_layer_patches_that_layer_alone(tiny, arch, site):
+    """Layer 0's attention reads only the input: its edge given the corrupted value = its output patched (the
+    residual stream, and on post-norm BERT the skip around the attention, keep the clean input)."""
+    model = tiny(arch)
+    clean, corrupted = PAIRS[arch]
     result = edge_attribution(model, clean, corrupted, METRIC, method="eap", faithfulness=False, progress=False)
     keep = result.adjacency.clone()
     keep[result.senders.index("input"), result.receivers.index("a0")] = False
     got = circuit_faithfulness(model, clean, corrupted, [keep], METRIC, progress=False)[:, 0]
-    site = model.site("attn_out", 0)
     patched = model.trace(corrupted, sites=[site])[site]
     want = []
     for p in range(2):
-        n = len(result.tokens["decoder"][p])
+        n = len(result.tokens[model.stacks[0]][p])
         want.append(_metric(model, clean[p], [Patch(site, value=patched[p:p + 1, :n])]))
     want = (torch.tensor(want, dtype=torch.float64) - result.m_corrupted) / (result.m_clean - result.m_corrupted)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -166,8 +168,6 @@ def test_circuit_result_contract(tiny, tmp_path):
 def test_bad_input_is_refused(tiny):
     model = tiny("gpt2")
     clean, corrupted = PAIRS["gpt2"]
-    with pytest.raises(InputError, match="post-norm"):
-        edge_attribution(tiny("bert"), *PAIRS["bert"], METRIC, progress=False)
     with pytest.raises(InputError, match="token length"):
         edge_attribution(model, ["the cat sat on the mat"], ["the cat sat"], METRIC, progress=False)
     with pytest.raises(InputError, match="method"):
@@ -181,3 +181,14 @@ def test_bad_input_is_refused(tiny):
         result.recovered()
     with pytest.raises(InputError, match="not an edge"):
         circuit_faithfulness(model, clean, corrupted, [[("m1", "a0")]], METRIC, progress=False)
+
+
+def test_post_norm_models_get_a_node_per_norm(tiny):
+    """BERT: input -> a0 (q, k, v) and n0.1 (the skip); heads -> n0.1; n0.1 -> m0 and n0.2; m0 -> n0.2; n1.2 -> logits:
+    per layer 1 + 1 + 4 heads + 1 + 1 + 1 edges."""
+    result = edge_attribution(tiny("bert"), *PAIRS["bert"], METRIC, method="eap", faithfulness=False, progress=False)
+    edges = {(result.senders[s], result.receivers[r]) for s, r in result.adjacency.nonzero().tolist()}
+    assert {("input", "a0"), ("input", "n0.1"), ("a0.h3", "n0.1"), ("n0.1", "m0"), ("n0.1", "n0.2"), ("m0", "n0.2"),
+            ("n0.2", "a1"), ("n1.2", "logits")} <= edges
+    assert ("input", "m0") not in edges and ("a0.h0", "m0") not in edges and len(edges) == 2 * (1 + 1 + 4 + 1 + 1 + 1) + 1
+    assert "n1.2" in {e["sender"] for e in result.circuit(result.n_edges)}

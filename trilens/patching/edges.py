@@ -103,10 +103,16 @@ def _setup(model: Model, clean: Any, corrupted: Any, metric: Any, step: int | No
             raise InputError(f"edge attribution compares the two runs position by position, and the clean and "
                              f"corrupted {stack} inputs of some pair differ in token length: write the corrupted input "
                              "with as many tokens as the clean one.")
-    graph = build_graph(model)
+    for post_norm in (False, True):  # the residual stream as a sum of every sender before, or with a node per norm
+        graph = build_graph(model, post_norm)
+        corrupted_run = model.trace(corrupted, sites=[s for s in graph.sites if s in model.site_index])
+        try:
+            graph = check_graph(model, graph, corrupted_run)
+            break
+        except InputError:
+            if post_norm:
+                raise
     clean_run = model.trace(clean, sites=graph.sites)
-    corrupted_run = model.trace(corrupted, sites=graph.sites)
-    graph = check_graph(model, graph, corrupted_run)
     cb, kb = cb.to(model.device), kb.to(model.device)
     bound = resolve(model, kb, spec, clean_run.logits, corrupted_run.logits, step)
     return _Setup(spec, graph, cb, kb, {s: clean_run[s] for s in graph.sites},

@@ -8,9 +8,10 @@ attention's query side and key/value side, each MLP, the encoder's output norm a
 stream). Heads send one by one; a layer's heads receive together (their query, key and value inputs are one tensor).
 
 Which senders a receiver reads is not assumed but checked on a traced run: its input must equal the sum of their
-outputs. That holds on pre-norm blocks (GPT-2, GPT-NeoX, Llama, Qwen, T5), where the residual stream is a sum; post-norm
-blocks (BERT, RoBERTa, BART, Marian) normalise the sum after every sublayer, so no edge is additive there and the
-graph is refused with what to use instead.
+outputs. On pre-norm blocks (GPT-2, GPT-NeoX, Llama, Qwen, T5, Pegasus) the residual stream is a sum of every sender
+before. Post-norm blocks (BERT, RoBERTa, BART, Marian) normalise the sum after every sublayer, so there each norm is a
+node (``n{layer}.{k}``): a sublayer reads the last norm's output (its heads through their q, k and v inputs), and the
+next norm reads that output plus the sublayer's.
 """
 
 from __future__ import annotations
@@ -110,9 +111,13 @@ def _prefix(model: Model, stack: str, layer: int) -> str:
     return model.site("resid_pre", layer, stack).rsplit(".", 1)[0]
 
 
-def build_graph(model: Model) -> Graph:
-    """The graph's nodes and candidate edges (every earlier sender of the stack); ``check`` keeps the edges the model
-    really has."""
+def build_graph(model: Model, post_norm: bool = False) -> Graph:
+    """The graph's nodes and candidate edges; ``check_graph`` keeps the edges the model really has.
+
+    Pre-norm blocks: every receiver reads the sum of every earlier sender of its stack (the residual stream), through
+    the norm in front of it. Post-norm blocks (``post_norm``) normalise the sum after every sublayer, so each norm is a
+    node of its own: a sublayer reads the last norm's output alone, and a norm reads the last norm's output plus the
+    sublayer between them (BERT: input -> attention, norm; norm -> MLP, norm; ...)."""
     groups: list[SenderGroup] = []
     receivers: list[Receiver] = []
     both = model.family == "encoder-decoder"
@@ -123,37 +128,59 @@ def build_graph(model: Model) -> Graph:
         first[0] += len(names)
         return len(groups) - 1
 
+    def heads(kind: str, stack: str, layer: int, z: str, names: list[str], check: str) -> int:
+        return add(kind, stack, layer, z, names, w_out=_o_weights(model, z).view(len(names), -1, model.d_model),
+                   check_site=check)
+
     for stack in model.stacks:
         tag = {"encoder": "enc.", "decoder": "dec."}[stack] if both else ""
         written = [add("input", stack, -1, model.site("resid_pre", 0, stack), [f"{tag}input"])]
         if stack == "decoder" and both:
             enc = add("encoder", stack, -1, _prefix(model, "decoder", 0) + ".cross_attn.k.hook_in", ["encoder"])
+
+        def norm_after(layer: int, ln: str, k: int, sublayer: int) -> None:
+            """Post-norm: the norm ``ln`` reads the stream so far plus ``sublayer``, and becomes the stream."""
+            p = _prefix(model, stack, layer)
+            n = add("norm", stack, layer, f"{p}.{ln}.hook_out", [f"{tag}n{layer}.{k}"])
+            receivers.append(Receiver(f"{tag}n{layer}.{k}", "norm", stack, layer, (f"{p}.{ln}.hook_in",),
+                                      (written[-1], sublayer), groups[n].names))
+            written[:] = [n]
+
         for layer in range(model.n_layers[stack]):
             p = _prefix(model, stack, layer)
             cross = both and stack == "decoder"
-            n_heads = model.n_heads[stack]
             z = model.site("z", layer, stack)
-            heads = add("heads", stack, layer, z, [f"{tag}a{layer}.h{h}" for h in range(n_heads)], w_out=_o_weights(
-                model, z).view(n_heads, -1, model.d_model), check_site=model.site("attn_out", layer, stack))
-            receivers.append(Receiver(f"{tag}a{layer}", "attn", stack, layer, (f"{p}.ln1.hook_in",), tuple(written),
-                                      groups[heads].names))
-            layer_writes = [heads]
+            attn = z.rsplit(".", 1)[0]
+            h = heads("heads", stack, layer, z, [f"{tag}a{layer}.h{i}" for i in range(model.n_heads[stack])],
+                      f"{attn}.o.hook_out" if post_norm else model.site("attn_out", layer, stack))
+            sites = tuple(f"{attn}.{x}.hook_in" for x in "qkv") if post_norm else (f"{p}.ln1.hook_in",)
+            receivers.append(Receiver(f"{tag}a{layer}", "attn", stack, layer, sites, tuple(written), groups[h].names))
+            if post_norm:
+                norm_after(layer, "ln1", 1, h)
+            layer_writes = [] if post_norm else [h]
             if cross:
                 cz = model.site("cross_z", layer, stack)
-                ch = add("cross_heads", stack, layer, cz, [f"{tag}c{layer}.h{h}" for h in range(n_heads)],
-                         w_out=_o_weights(model, cz).view(n_heads, -1, model.d_model),
-                         check_site=model.site("cross_attn_out", layer, stack))
-                receivers.append(Receiver(f"{tag}c{layer}", "cross", stack, layer, (f"{p}.ln2.hook_in",),
+                ch = heads("cross_heads", stack, layer, cz, [f"{tag}c{layer}.h{i}" for i in range(model.n_heads[stack])],
+                           f"{p}.cross_attn.o.hook_out" if post_norm else model.site("cross_attn_out", layer, stack))
+                q_site = f"{p}.cross_attn.q.hook_in" if post_norm else f"{p}.ln2.hook_in"
+                receivers.append(Receiver(f"{tag}c{layer}", "cross", stack, layer, (q_site,),
                                           tuple(written + layer_writes), groups[ch].names))
                 receivers.append(Receiver(f"{tag}c{layer}.kv", "cross_kv", stack, layer,
                                           (f"{p}.cross_attn.k.hook_in", f"{p}.cross_attn.v.hook_in"), (enc,),
                                           groups[ch].names))
-                layer_writes.append(ch)
+                if post_norm:
+                    norm_after(layer, "ln2", 2, ch)
+                else:
+                    layer_writes.append(ch)
             mlp = add("mlp", stack, layer, model.site("mlp_out", layer, stack), [f"{tag}m{layer}"])
             ln = "ln3" if cross else "ln2"
-            receivers.append(Receiver(f"{tag}m{layer}", "mlp", stack, layer, (f"{p}.{ln}.hook_in",),
-                                      tuple(written + layer_writes), groups[mlp].names))
-            written += layer_writes + [mlp]
+            m_site = f"{p}.mlp.in.hook_in" if post_norm else f"{p}.{ln}.hook_in"
+            receivers.append(Receiver(f"{tag}m{layer}", "mlp", stack, layer, (m_site,), tuple(written + layer_writes),
+                                      groups[mlp].names))
+            if post_norm:
+                norm_after(layer, ln, 3 if cross else 2, mlp)
+            else:
+                written += layer_writes + [mlp]
         last = model.site("resid_post", model.n_layers[stack] - 1, stack)
         if both and stack == "encoder":
             receivers.append(Receiver("encoder", "encoder", stack, model.n_layers[stack], (last,), tuple(written),
@@ -214,7 +241,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias_free: boo
 
 
 def _not_additive(model: Model, what: str) -> InputError:
-    return InputError(f"edge attribution needs a residual stream that is the sum of its senders' outputs (pre-norm "
-                      f"blocks, as GPT-2, Llama or T5 have); on this {model.architecture} {what}, as in post-norm blocks "
-                      "(BERT, RoBERTa, BART, Marian), which normalise the sum after every sublayer. Use "
-                      "attribution_patching (node scores at every site) or patching_sweep there.")
+    return InputError(f"edge attribution needs every reader of the residual stream to read a sum of senders' outputs, "
+                      f"as pre-norm blocks (GPT-2, Llama, T5) and post-norm blocks (BERT, BART) have; on this "
+                      f"{model.architecture} {what}. Use attribution_patching (node scores at every site) or "
+                      "patching_sweep there.")

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import InputError
 from ._common import layout
 
-_NAME = re.compile(r"^(?:(enc|dec)\.)?(?:(input)|(encoder)|(logits)|([acm])(\d+)(?:\.h(\d+)|\.(kv))?)$")
+_NAME = re.compile(r"^(?:(enc|dec)\.)?(?:(input)|(encoder)|(logits)|([acmn])(\d+)(?:\.h(\d+)|\.(kv)|\.(\d))?)$")
 WIDTHS = (1.0, 2.5, 4.5, 7.0)  # edge widths by quarter of the largest |score|
 
 
@@ -19,7 +19,7 @@ def _place(name: str, n_heads: int, enc_rows: int, layers: dict[str, int]) -> tu
     m = _NAME.match(name)
     if m is None:
         raise InputError(f"{name!r} is not a circuit node name.")
-    stack, inp, enc, logits, kind, layer, head, kv = m.groups()
+    stack, inp, enc, logits, kind, layer, head, kv, norm = m.groups()
     base = enc_rows if stack == "dec" else 0
     mid = n_heads + 1.5
     if inp:
@@ -31,6 +31,8 @@ def _place(name: str, n_heads: int, enc_rows: int, layers: dict[str, int]) -> tu
     y = base + int(layer)
     if kind == "m":
         return 2 * n_heads + 4.0, y
+    if kind == "n":  # post-norm blocks: a norm after each sublayer, right of the MLP
+        return 2 * n_heads + 6.0, y - 0.35 + 0.2 * int(norm)
     if kind == "a":
         return (1.0 + int(head), y + 0.15) if head is not None else (0.0, y - 0.15)
     if head is not None:
