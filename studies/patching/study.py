@@ -185,7 +185,7 @@ def family_stack(family: str) -> str:
 # -- edge attribution -------------------------------------------------------------------------------------------------
 def circuit_size(model, clean, corrupted, metric, cfg: dict, progress: bool = False) -> dict[str, Any]:
     """EAP-IG: the fewest edges (of the sizes ``edge_attribution`` measures) whose circuit recovers ``circuit_recover``
-    of the metric, with every other edge patched to its corrupted value; or the refusal (post-norm blocks)."""
+    of the metric, with every other edge patched to its corrupted value; or why the model was refused."""
     start = time.perf_counter()
     try:
         circuit = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=cfg["eap_steps"],

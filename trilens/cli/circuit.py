@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .patch import add_pair_arguments, build_metric, pair_inputs
+from .patch import add_pair_arguments, load_pairs
 
 
 def edge_table(edges: list[dict[str, Any]]) -> str:
@@ -19,13 +19,9 @@ def edge_table(edges: list[dict[str, Any]]) -> str:
 
 
 def cmd_circuit(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..patching import edge_attribution
 
-    model = trilens.load(args.model)
-    clean, corrupted, note = pair_inputs(model, args.clean, args.corrupted, args.target)
-    metric = build_metric(args, len(clean))
+    model, clean, corrupted, metric, note = load_pairs(args)
     result = edge_attribution(model, clean, corrupted, metric, method=args.method, steps=args.steps, step=args.step,
                               faithfulness=True if args.edges is None else sorted({0, args.edges}),
                               batch_size=args.batch_size, progress=not args.no_progress)

@@ -85,15 +85,21 @@ def top_table(result: Any, k: int) -> str:
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
-def cmd_patch(args: argparse.Namespace) -> int:
+def load_pairs(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any], Any, str]:
+    """The model, the clean and corrupted inputs, the metric and the target note: what ``patch`` and ``circuit``
+    start from."""
     import trilens
-
-    from ..patching import attribution_patching, patching_sweep
-    from ..patching.result import METHOD_TITLES
 
     model = trilens.load(args.model)
     clean, corrupted, note = pair_inputs(model, args.clean, args.corrupted, args.target)
-    metric = build_metric(args, len(clean))
+    return model, clean, corrupted, build_metric(args, len(clean)), note
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from ..patching import attribution_patching, patching_sweep
+    from ..patching.result import METHOD_TITLES
+
+    model, clean, corrupted, metric, note = load_pairs(args)
     heads: Any = False if args.heads is None else (args.heads or True)
     common = dict(sites=args.sites, heads=heads, positions=args.positions, direction=args.direction, step=args.step,
                   stacks=args.stacks)

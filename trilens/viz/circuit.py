@@ -31,8 +31,11 @@ def _place(name: str, n_heads: int, enc_rows: int, layers: dict[str, int]) -> tu
     y = base + int(layer)
     if kind == "m":
         return 2 * n_heads + 4.0, y
-    if kind == "n":  # post-norm blocks: a norm after each sublayer, right of the MLP
-        return 2 * n_heads + 6.0, y - 0.35 + 0.2 * int(norm)
+    if kind == "n":  # post-norm blocks: a norm after each sublayer, just right of it
+        k = int(norm)
+        if k == 1:
+            return n_heads + 1.8, y + 0.3
+        return (2 * n_heads + 3.2, y + 0.3) if k == 2 and stack == "dec" else (2 * n_heads + 6.0, y + 0.3)
     if kind == "a":
         return (1.0 + int(head), y + 0.15) if head is not None else (0.0, y - 0.15)
     if head is not None:
