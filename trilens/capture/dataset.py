@@ -26,6 +26,7 @@ from ..devices import as_dtype, dtype_name
 from ..errors import InputError, StoreError
 from ..provenance import model_fingerprint
 from ..sites import PATTERN_KINDS
+from ..sources import is_source, read_rows
 from .store import (
     FORMAT,
     ActivationStore,
@@ -124,11 +125,16 @@ def capture_dataset(
     shard: Any = None,
     truncate: bool = False,
     progress: bool = True,
+    split: str | None = None,
+    text_column: str = "text",
+    target_column: str | None = None,
 ) -> ActivationStore | None:
     """Capture per-token ``sites`` for every text into ``out_dir``; returns the store once it is complete.
 
     Args:
-        texts: strings, or (source, target) pairs for encoder-decoder models.
+        texts: strings, or (source, target) pairs for encoder-decoder models; or a data source (a ``datasets.Dataset``
+            or ``DatasetDict``, a ``save_to_disk`` folder, a Parquet, JSON-lines or CSV file as a ``Path``), whose
+            ``text_column`` (and ``target_column``) are read, from ``split``.
         sites: hook names or kinds of per-token activations (attention patterns are refused).
         texts_per_shard: texts per shard file; memory holds one shard's activations at a time.
         dtype: the dtype stored on disk (default: the model's).
@@ -136,6 +142,8 @@ def capture_dataset(
         overwrite: replace whatever ``out_dir`` holds.
         shard: ``(i, n)`` or ``"i/n"``: do only this process's share; returns None until all parts exist.
     """
+    if is_source(texts):
+        texts = read_rows(texts, split=split, text_column=text_column, target_column=target_column).inputs
     if isinstance(texts, (str, bytes)) or len(texts) == 0:
         raise InputError("capture_dataset needs a non-empty sequence of texts.")
     if batch_size < 1 or texts_per_shard < 1:

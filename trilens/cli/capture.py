@@ -12,7 +12,13 @@ def run(args: argparse.Namespace) -> int:
     import trilens
     from ..capture.dataset import capture_dataset
 
-    texts = read_texts(args.texts)
+    if args.dataset is not None:
+        from ..sources import read_rows
+
+        texts = read_rows(args.dataset, split=args.split, text_column=args.text_column,
+                          target_column=args.target_column).inputs
+    else:
+        texts = read_texts(args.texts)
     model = trilens.load(args.model)
     store = capture_dataset(model, texts, args.sites, args.out, batch_size=args.batch_size,
                             texts_per_shard=args.texts_per_shard, dtype=args.dtype, resume=args.resume,
@@ -28,7 +34,13 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("capture", help="stream activations of a corpus to an activation store")
     p.add_argument("model")
-    p.add_argument("--texts", type=Path, required=True, help="one text per line, or .jsonl with text or source/target")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--texts", type=Path, help="one text per line, or .jsonl with text or source/target")
+    given.add_argument("--dataset", type=Path, help="a datasets save_to_disk folder, or a .parquet, .jsonl, .json or .csv "
+                       "file (its --text-column is read)")
+    p.add_argument("--split", default=None, help="--dataset: the split of a dataset dict")
+    p.add_argument("--text-column", default="text", help="--dataset: the column holding the texts")
+    p.add_argument("--target-column", default=None, help="--dataset: an encoder-decoder's target column")
     p.add_argument("--sites", nargs="+", required=True, help="hook names or kinds, e.g. resid_post")
     p.add_argument("--out", type=Path, required=True, help="the store's folder")
     p.add_argument("--batch-size", type=int, default=8)

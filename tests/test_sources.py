@@ -1,0 +1,88 @@
+"""Inputs as users keep them: a datasets.Dataset, a DatasetDict, a save_to_disk folder, Parquet, JSON lines and CSV give
+the same rows as a list of texts, and the same activation store; a missing column or split is refused with what there
+is."""
+
+import json
+
+import datasets
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from trilens.capture.dataset import capture_dataset
+from trilens.cli import main
+from trilens.errors import InputError
+from trilens.sources import read_rows
+
+TEXTS = ["the cat sat on the mat", "a dog", "the big red cat was here", "she sat", "they were there", "one two three"]
+LABELS = [0, 1, 0, 1, 1, 0]
+
+
+@pytest.fixture()
+def sources(tmp_path):
+    """The same rows in every form a user keeps them."""
+    table = pa.table({"text": TEXTS, "label": LABELS, "target": [t.upper() for t in TEXTS]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    pcsv.write_csv(table, tmp_path / "rows.csv")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    (tmp_path / "rows.json").write_text(json.dumps(table.to_pylist()))
+    dataset = datasets.Dataset.from_dict(table.to_pydict())
+    dataset.save_to_disk(str(tmp_path / "folder"))
+    splits = datasets.DatasetDict({"train": dataset, "test": dataset.select([0, 1])})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    return {"parquet": tmp_path / "rows.parquet", "csv": tmp_path / "rows.csv", "jsonl": tmp_path / "rows.jsonl",
+            "json": tmp_path / "rows.json", "folder": tmp_path / "folder", "dataset": dataset,
+            "dict": splits, "dict folder": tmp_path / "dict"}
+
+
+def test_every_form_gives_the_same_rows(sources):
+    for name, source in sources.items():
+        split = "train" if "dict" in name else None
+        rows = read_rows(source, split=split, label_column="label")
+        assert rows.inputs == TEXTS and rows.labels == LABELS, name
+        assert set(rows.columns) == {"text", "label", "target"}
+    pairs = read_rows(sources["parquet"], target_column="target").inputs
+    assert pairs[1] == ("a dog", "A DOG")
+    assert read_rows(sources["dict"], split="test").inputs == TEXTS[:2]
+
+
+def test_missing_columns_splits_and_files_are_refused(sources, tmp_path):
+    with pytest.raises(InputError, match="no column 'sentence'; its columns are text, label, target"):
+        read_rows(sources["parquet"], text_column="sentence")
+    with pytest.raises(InputError, match="no column 'gold'"):
+        read_rows(sources["dataset"], label_column="gold")
+    with pytest.raises(InputError, match="splits train, test: choose one"):
+        read_rows(sources["dict folder"])
+    with pytest.raises(InputError, match="holds int values"):
+        read_rows(sources["jsonl"], text_column="label")
+    with pytest.raises(InputError, match="does not exist"):
+        read_rows(tmp_path / "nothing.parquet")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="not a data file"):
+        read_rows(tmp_path / "notes.txt")
+
+
+def test_a_dataset_gives_the_same_store_as_its_texts(tiny, sources, tmp_path):
+    model = tiny("gpt2")
+    want = capture_dataset(model, TEXTS, "resid_post", tmp_path / "list", texts_per_shard=4, progress=False)
+    for name in ("dataset", "parquet", "folder"):
+        got = capture_dataset(model, sources[name], "resid_post", tmp_path / f"store-{name}", texts_per_shard=4,
+                              progress=False)
+        assert got.manifest["texts_sha256"] == want.manifest["texts_sha256"]
+        shards = sorted((tmp_path / "list").glob("shard-*.safetensors"))
+        assert len(shards) == 2
+        for shard in shards:
+            a, b = load_file(shard), load_file(tmp_path / f"store-{name}" / shard.name)
+            assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), (name, shard.name)
+
+
+def test_capture_command_reads_a_dataset(sources, tmp_path, tiny_path, capsys):
+    out = tmp_path / "store"
+    assert main(["capture", str(tiny_path("gpt2")), "--dataset", str(sources["dict folder"]), "--split", "test",
+                 "--sites", "resid_post", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["n_texts"] == 2
+    assert main(["capture", str(tiny_path("gpt2")), "--dataset", str(sources["csv"]), "--text-column", "sentence",
+                 "--sites", "resid_post", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "its columns are text, label, target" in capsys.readouterr().err
