@@ -86,3 +86,15 @@ def test_capture_command_reads_a_dataset(sources, tmp_path, tiny_path, capsys):
     assert main(["capture", str(tiny_path("gpt2")), "--dataset", str(sources["csv"]), "--text-column", "sentence",
                  "--sites", "resid_post", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "its columns are text, label, target" in capsys.readouterr().err
+
+
+def test_probes_read_texts_and_labels_from_a_dataset(tiny, sources):
+    from trilens.probes import probe_layers
+
+    model = tiny("bert")
+    want = probe_layers(model, TEXTS, LABELS, cv=2, control=False, progress=False)
+    for name in ("parquet", "dataset"):
+        got = probe_layers(model, sources[name], cv=2, control=False, progress=False)
+        assert got.to_frame().equals(want.to_frame()), name
+    with pytest.raises(InputError, match="no column 'gold'"):
+        probe_layers(model, sources["jsonl"], label_column="gold", cv=2, progress=False)

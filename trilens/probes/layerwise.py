@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..provenance import provenance
+from ..sources import is_source, read_rows
 from .batched import LayerLogistic, fit_layers, fit_ridge_layers, fit_ridge_rows
 from .representations import Features, features_from_model, features_from_store
 from .rows import ChunkedRows, Rows
@@ -244,7 +245,8 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
                  stacks: Sequence[str] | None = None, probe: Any = "logistic", cv: int = 5, test_size: float | None = None,
                  control: bool = True, seed: int = 0, C: float = 1.0, alpha: float = 1.0, max_iter: int = MAX_ITER,
                  tol: float = 1e-4, batch_size: int = 32, truncate: bool = False, tokenizer: Any = None,
-                 on_disk: bool | str = False, progress: bool = True) -> ProbeResult:
+                 on_disk: bool | str = False, progress: bool = True, split: str | None = None,
+                 text_column: str = "text", label_column: str = "label") -> ProbeResult:
     """How well a probe decodes ``labels`` from every layer of ``source``.
 
     Args:
@@ -265,8 +267,14 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
         on_disk: (a store source) keep the features in files, not in memory — True for a temporary
             folder, or a folder — and train the logistic or ridge probe on them in chunks: for data sets whose
             per-layer vectors do not fit in memory (each pass re-reads them).
+        split, text_column, label_column: where ``inputs`` is a data source (a ``datasets.Dataset`` or
+            ``DatasetDict``, a ``save_to_disk`` folder, a Parquet, JSON-lines or CSV ``Path``): its texts and, unless
+            ``labels`` are given, its labels.
     """
     training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)  # bad settings fail before the model runs
+    if is_source(inputs):
+        rows = read_rows(inputs, split=split, text_column=text_column, label_column=None if labels else label_column)
+        inputs, labels = rows.inputs, labels if labels is not None else rows.labels
     if isinstance(source, Features):
         feat = source
     else:
