@@ -98,3 +98,14 @@ def test_probes_read_texts_and_labels_from_a_dataset(tiny, sources):
         assert got.to_frame().equals(want.to_frame()), name
     with pytest.raises(InputError, match="no column 'gold'"):
         probe_layers(model, sources["jsonl"], label_column="gold", cv=2, progress=False)
+
+
+def test_probe_command_reads_parquet_as_it_reads_json_lines(sources, tiny_path, capsys):
+    model = str(tiny_path("bert"))
+    common = ["--label", "label", "--cv", "2", "--no-control", "--no-progress"]
+    assert main(["probe", model, "--data", str(sources["jsonl"]), *common]) == 0
+    from_jsonl = capsys.readouterr().out
+    assert main(["probe", model, "--data", str(sources["parquet"]), *common]) == 0
+    assert capsys.readouterr().out == from_jsonl and "6 examples" in from_jsonl
+    assert main(["probe", model, "--data", str(sources["dict folder"]), *common]) == 2
+    assert "choose one" in capsys.readouterr().err

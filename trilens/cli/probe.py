@@ -19,7 +19,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from ..probes import probe_layers
     from ..probes.solver import MAX_ITER
 
-    inputs, labels = read_labelled(args.data, args.label, args.level)
+    if args.data.suffix == ".jsonl":
+        inputs, labels = read_labelled(args.data, args.label, args.level)
+    else:  # a datasets folder, Parquet, CSV or JSON: read by column
+        from ..sources import read_rows
+
+        rows = read_rows(args.data, split=args.split, text_column=args.text_column, label_column=args.label)
+        inputs, labels = rows.inputs, rows.labels
     if args.on_disk and not args.store:
         raise InputError("--on-disk keeps features from a store on disk: pass --store DIR (an ActivationStore of "
                          "the same texts, captured with `trilens capture ... --sites resid`).")
@@ -56,7 +62,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="layerwise probes: how decodable a label is at every layer")
     p.add_argument("model")
-    p.add_argument("--data", type=Path, required=True, help="JSON lines with \"text\" (or source/target) and the label")
+    p.add_argument("--data", type=Path, required=True, help="JSON lines with \"text\" (or source/target) and the label; "
+                   "or a datasets save_to_disk folder, a .parquet, .csv or .json file (read by column)")
+    p.add_argument("--split", default=None, help="--data a dataset dict: its split")
+    p.add_argument("--text-column", default="text", help="--data read by column: the texts' column")
     p.add_argument("--label", required=True, help="the label field (a list of word labels at token level)")
     p.add_argument("--level", choices=["sentence", "token"], default="sentence")
     p.add_argument("--pooling", default="mean", help="sentence level: first|cls|mean|last or a token position")
