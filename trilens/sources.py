@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,6 @@ class Rows:
     labels: list[Any] | None
     columns: list[str]
 
-    def __len__(self) -> int:
-        return len(self.inputs)
-
 
 def is_source(obj: Any) -> bool:
     """Whether ``obj`` is a data source ``read_rows`` reads (rather than a list of texts): a ``datasets`` object or a
@@ -42,13 +40,13 @@ def read_rows(source: Any, *, split: str | None = None, text_column: str = "text
               label_column: str | None = None) -> Rows:
     """Each row's model input (``text_column``; with ``target_column``, the (source, target) pair of an
     encoder-decoder) and label (``label_column``)."""
-    columns = _columns(source, split)
+    columns, read = _open(source, split)
     names = [text_column] + [c for c in (target_column, label_column) if c]
     for name in names:
         if name not in columns:
             raise InputError(f"the data has no column {name!r}; its columns are {', '.join(columns) or 'none'}. Name "
                              "the right one (text_column= / --text-column, label_column= / --label-column).")
-    values = _read(source, split, names)
+    values = read(names)
     texts = values[text_column]
     if any(not isinstance(t, str) for t in texts):
         raise InputError(f"column {text_column!r} holds {type(next(t for t in texts if not isinstance(t, str))).__name__}"
@@ -95,36 +93,34 @@ def _file(source: Any) -> Path | None:
     return path
 
 
-def _columns(source: Any, split: str | None) -> list[str]:
-    path = _file(source)
-    if path is None:
-        return list(_dataset(source, split).column_names)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    if path.suffix == ".csv":
-        return list(_csv(path).column_names)
-    first = _json_rows(path, limit=1)
-    return list(first[0]) if first else []
-
-
-def _read(source: Any, split: str | None, names: list[str]) -> dict[str, list[Any]]:
+def _open(source: Any, split: str | None) -> tuple[list[str], Callable[[list[str]], dict[str, list[Any]]]]:
+    """The source's columns, and a reader of chosen columns; each source is opened once (a Parquet file's columns
+    come from its schema, and only the chosen ones are read)."""
     path = _file(source)
     if path is None:
         data = _dataset(source, split)
-        return {n: list(data[n]) for n in names}
-    if path.suffix in (".parquet", ".csv"):
+        return list(data.column_names), lambda names: {n: list(data[n]) for n in names}
+    if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=names) if path.suffix == ".parquet" else _csv(path).select(names)
-        return {n: table.column(n).to_pylist() for n in names}
+        def parquet(names: list[str]) -> dict[str, list[Any]]:
+            table = pq.read_table(path, columns=names)
+            return {n: table.column(n).to_pylist() for n in names}
+
+        return list(pq.read_schema(path).names), parquet
+    if path.suffix == ".csv":
+        table = _csv(path)
+        return list(table.column_names), lambda names: {n: table.column(n).to_pylist() for n in names}
     rows = _json_rows(path)
-    for i, row in enumerate(rows, 1):
-        missing = [n for n in names if n not in row]
-        if missing:
-            raise InputError(f"{path}: row {i} has no {missing[0]!r} field.")
-    return {n: [row[n] for row in rows] for n in names}
+
+    def json_columns(names: list[str]) -> dict[str, list[Any]]:
+        for i, row in enumerate(rows, 1):
+            missing = [n for n in names if n not in row]
+            if missing:
+                raise InputError(f"{path}: row {i} has no {missing[0]!r} field.")
+        return {n: [row[n] for row in rows] for n in names}
+
+    return (list(rows[0]) if rows else []), json_columns
 
 
 def _csv(path: Path) -> Any:
@@ -133,7 +129,7 @@ def _csv(path: Path) -> Any:
     return pcsv.read_csv(path)
 
 
-def _json_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+def _json_rows(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file (or of a JSON file holding one list of objects)."""
     text = path.read_text()
     if path.suffix == ".json" and text.lstrip().startswith("["):
@@ -147,8 +143,6 @@ def _json_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
-            if limit and len(rows) >= limit:
-                break
     if any(not isinstance(r, dict) for r in rows):
         raise InputError(f"{path}: every row must be a JSON object with named fields, such as \"text\".")
-    return rows[:limit] if limit else rows
+    return rows

@@ -213,14 +213,17 @@ def split_encoder(model: Model, active: bool = True) -> Iterator[dict[str, torch
         handle.remove()
 
 
-def keep_hook(store: dict[str, torch.Tensor], name: str) -> Callable:
+def keep_hook(store: dict[str, torch.Tensor], name: str, *, own_copy: bool = False) -> Callable:
     """A hook that keeps the activation itself (in the graph, not a copy) and hands it on, so it is the tensor the
     model goes on to use and its gradient is the true derivative. Handing it on matters where the bridge shows a hook
     a converted view of the activation (GPT-2's per-head ``z``, reshaped from the flat tensor the output projection
-    reads): the model then continues from that view (converted back), not from the original beside it."""
+    reads): the model then continues from that view (converted back), not from the original beside it.
+
+    ``own_copy``: keep and hand on a copy instead, so the gradient is the one through this hook's reader alone (the
+    original goes on to every other reader: the residual stream around a norm, the other layers' cross-attention)."""
 
     def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        store[name] = x
-        return x
+        store[name] = x.clone() if own_copy else x
+        return store[name]
 
     return hook

@@ -65,24 +65,20 @@ class BlockReplay:
         """Whether runs can start at a later position (a causal decoder-only model with a croppable KV cache)."""
         return self.cache is not None
 
-    def forward_kwargs(self, batch: Batch, pairs: torch.Tensor, start: int) -> dict[str, Any]:
-        """The HF forward arguments of ``batch`` (the rows of ``pairs``) starting at position ``start``: the tokens from
-        there on, the unpatched run's cache of the positions before it."""
-        kwargs = batch.forward_kwargs()
-        if not start:
-            return kwargs
-        cache = copy.deepcopy(self.cache)
-        cache.crop(start - self.width)  # a negative count: drop the positions from ``start`` on
-        cache.batch_select_indices(pairs.to(batch.input_ids.device))
-        ids = kwargs["input_ids"]
-        positions = torch.arange(start, ids.shape[1], device=ids.device)
-        return {**kwargs, "input_ids": ids[:, start:], "past_key_values": cache,
-                "position_ids": positions[None].expand(ids.shape[0], -1)}
-
     @contextmanager
-    def skipping(self, upto: int, pairs: torch.Tensor, start: int = 0) -> Iterator[None]:
-        """During the block, blocks ``0 .. upto-1`` return their recorded outputs for the rows' ``pairs`` (positions
-        from ``start`` on) instead of computing."""
+    def resumed(self, batch: Batch, pairs: torch.Tensor, upto: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Yields the HF forward arguments of ``batch`` (the rows of ``pairs``) that start at position ``start`` (the
+        tokens from there on, the unpatched run's cache of the positions before it); during the block, blocks
+        ``0 .. upto-1`` return their recorded outputs for those rows instead of computing."""
+        kwargs = batch.forward_kwargs()
+        if start:
+            cache = copy.deepcopy(self.cache)
+            cache.crop(start - self.width)  # a negative count: drop the positions from ``start`` on
+            cache.batch_select_indices(pairs.to(batch.input_ids.device))
+            ids = kwargs["input_ids"]
+            positions = torch.arange(start, ids.shape[1], device=ids.device)
+            kwargs = {**kwargs, "input_ids": ids[:, start:], "past_key_values": cache,
+                      "position_ids": positions[None].expand(ids.shape[0], -1)}
         saved = []
         for i in range(min(upto, len(self.blocks))):
             block = self.blocks[i]
@@ -91,7 +87,7 @@ class BlockReplay:
             # object.__setattr__: the bridge's components route attribute writes to the HF module they wrap
             object.__setattr__(block, "forward", (lambda o: (lambda *args, **kwargs: o))(out))
         try:
-            yield
+            yield kwargs
         finally:
             for block, before in saved:
                 if before is None:

@@ -121,13 +121,16 @@ class CircuitResult(Result):
         """One row per (pair, edge): sender, receiver, score, and the edge's rank by |mean score|."""
         import pandas as pd
 
-        rank = {tuple(e): i for i, e in enumerate(self._ranked().tolist())}
-        rows = []
-        for s, r in self.adjacency.nonzero().tolist():
-            for p in range(self.n_pairs):
-                rows.append({"pair": p, "sender": self.senders[s], "receiver": self.receivers[r],
-                             "score": float(self.scores[p, s, r]), "rank": rank[(s, r)]})
-        return pd.DataFrame(rows)
+        ranked = self._ranked()
+        rank = torch.empty(self.adjacency.shape, dtype=torch.long)
+        rank[ranked[:, 0], ranked[:, 1]] = torch.arange(len(ranked))
+        edges = self.adjacency.nonzero()  # [edge, 2], each edge's rows pair by pair
+        s, r, n = edges[:, 0].repeat_interleave(self.n_pairs), edges[:, 1].repeat_interleave(self.n_pairs), self.n_pairs
+        return pd.DataFrame({"pair": torch.arange(n).repeat(len(edges)).numpy(),
+                             "sender": [self.senders[i] for i in s.tolist()],
+                             "receiver": [self.receivers[i] for i in r.tolist()],
+                             "score": self.scores[:, edges[:, 0], edges[:, 1]].T.flatten().numpy(),
+                             "rank": rank[s, r].numpy()})
 
     def figure(self, n_edges: int | None = None):
         """The circuit of the top ``n_edges`` edges (default: the fewest measured that recover 90%, else 30): nodes by

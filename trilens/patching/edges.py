@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..capture.grad_hooks import embedding_modules, frozen_weights, input_embeddings
+from ..capture.grad_hooks import embedding_modules, frozen_weights, input_embeddings, keep_hook
 from ..errors import InputError
 from ..provenance import provenance
 from .cells import pair_batches
@@ -103,14 +103,17 @@ def _setup(model: Model, clean: Any, corrupted: Any, metric: Any, step: int | No
             raise InputError(f"edge attribution compares the two runs position by position, and the clean and "
                              f"corrupted {stack} inputs of some pair differ in token length: write the corrupted input "
                              "with as many tokens as the clean one.")
-    for post_norm in (False, True):  # the residual stream as a sum of every sender before, or with a node per norm
-        graph = build_graph(model, post_norm)
-        corrupted_run = model.trace(corrupted, sites=[s for s in graph.sites if s in model.site_index])
+    # the residual stream as a sum of every sender before (pre-norm), or with a node per norm (post-norm): one trace
+    # holds what both layouts read, and the first whose sums hold on the model is kept
+    layouts = [build_graph(model, post_norm) for post_norm in (False, True)]
+    sites = [s for s in dict.fromkeys(s for g in layouts for s in g.sites) if s in model.site_index]
+    corrupted_run = model.trace(corrupted, sites=sites)
+    for i, graph in enumerate(layouts):
         try:
             graph = check_graph(model, graph, corrupted_run)
             break
         except InputError:
-            if post_norm:
+            if i == len(layouts) - 1:
                 raise
     clean_run = model.trace(clean, sites=graph.sites)
     cb, kb = cb.to(model.device), kb.to(model.device)
@@ -158,7 +161,7 @@ def receiver_gradients(model: Model, graph: Graph, clean: Batch, corrupted: Batc
     input embeddings at ``corrupted + alpha (clean - corrupted)``."""
     from tqdm.auto import tqdm
 
-    sites = [s for r in graph.receivers for s in r.sites]
+    sites = list(dict.fromkeys(s for r in graph.receivers for s in r.sites))
     modules = embedding_modules(model)
     with torch.no_grad():
         emb = {stack: (modules[stack](corrupted.ids[stack]), modules[stack](clean.ids[stack])) for stack in modules}
@@ -177,14 +180,14 @@ def receiver_gradients(model: Model, graph: Graph, clean: Batch, corrupted: Batc
                 w = alpha.to(k.dtype).view(-1, 1, 1)
                 values[stack] = k[pairs] + w * (c[pairs] - k[pairs])
             store: dict[str, torch.Tensor] = {}
-            hooks = [(s, _own_copy(store, s)) for s in dict.fromkeys(sites)]
+            # each receiver gets its own copy: its gradient is the metric's through that receiver alone
+            hooks = [(s, keep_hook(store, s, own_copy=True)) for s in sites]
             with frozen_weights(model.hf_model), torch.enable_grad(), input_embeddings(model, values), \
                     model.hooks(hooks):
                 logits = model.hf_model(**sub.forward_kwargs()).logits
                 value = bound.of_run(logits, sub, pairs)
-            names = list(dict.fromkeys(sites))
-            got = torch.autograd.grad(value.sum(), [store[s] for s in names], allow_unused=True)
-            for s, g in zip(names, got):
+            got = torch.autograd.grad(value.sum(), [store[s] for s in sites], allow_unused=True)
+            for s, g in zip(sites, got):
                 g = torch.zeros_like(store[s]) if g is None else g
                 acc = total.setdefault(s, torch.zeros(n_pairs, *g.shape[1:], dtype=torch.float64, device=g.device))
                 acc.index_add_(0, pairs, g.detach().double())
@@ -194,34 +197,19 @@ def receiver_gradients(model: Model, graph: Graph, clean: Batch, corrupted: Batc
     return {s: t / len(alphas) for s, t in total.items()}
 
 
-def _own_copy(store: dict[str, torch.Tensor], name: str):
-    """A hook that hands the receiver a copy of its input and keeps it: the copy's gradient is the metric's through
-    that receiver alone (the tensor itself also flows on along the residual stream, and to the other receivers that
-    read it, such as every layer's cross-attention reading the one encoder output)."""
-    def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        store[name] = x.clone()
-        return store[name]
-
-    return hook
-
-
 def edge_scores(graph: Graph, clean: dict[str, torch.Tensor], corrupted: dict[str, torch.Tensor],
                 grads: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[pair, sender, receiver]``: (out_u,clean − out_u,corrupted) · gradient at v, summed over positions (NaN where
-    there is no edge)."""
+    there is no edge); one product per sender group with every receiver it feeds."""
     n_pairs = next(iter(grads.values())).shape[0]
     out = torch.full((n_pairs, len(graph.senders), len(graph.receivers)), float("nan"), dtype=torch.float64)
-    diffs = {}
+    receiver_grads = [sum(grads[s] for s in rec.sites) for rec in graph.receivers]  # [pair, position, d_model]
     for gi, g in enumerate(graph.groups):
-        acts = {g.site: clean[g.site].double()}
-        d = graph.outputs(g, acts)
-        acts = {g.site: corrupted[g.site].double()}
-        d = d - graph.outputs(g, acts)  # [pair, sender, position, d_model]
-        stack = "encoder" if g.kind == "encoder" else g.stack
-        diffs[gi] = d * masks[stack].to(d.device, d.dtype)[:, None, :, None]
-    for r, rec in enumerate(graph.receivers):
-        grad = sum(grads[s] for s in rec.sites)  # [pair, position, d_model]
-        for gi in rec.groups:
-            idx = list(graph.groups[gi].indices)
-            out[:, idx, r] = torch.einsum("bnpd,bpd->bn", diffs[gi], grad.to(diffs[gi].device)).cpu()
+        fed = [r for r, rec in enumerate(graph.receivers) if gi in rec.groups]
+        if not fed:
+            continue
+        diff = graph.outputs(g, clean[g.site].double()) - graph.outputs(g, corrupted[g.site].double())
+        diff = diff * masks["encoder" if g.kind == "encoder" else g.stack].to(diff.device, diff.dtype)[:, None, :, None]
+        grad = torch.stack([receiver_grads[r].to(diff.device) for r in fed])  # [receiver, pair, position, d_model]
+        out[:, g.first:g.first + len(g.names), fed] = torch.einsum("bnpd,rbpd->bnr", diff, grad).cpu()
     return out

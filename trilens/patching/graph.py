@@ -16,7 +16,7 @@ next norm reads that output plus the sublayer's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,9 +88,8 @@ class Graph:
         names += [s for r in self.receivers for s in r.sites]
         return list(dict.fromkeys(names))
 
-    def outputs(self, group: SenderGroup, acts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The group's outputs ``[batch, sender, position, d_model]`` from a run's activations."""
-        x = acts[group.site]
+    def outputs(self, group: SenderGroup, x: torch.Tensor) -> torch.Tensor:
+        """The group's outputs ``[batch, sender, position, d_model]`` from its site's activation ``x``."""
         if group.w_out is None:
             return x[:, None]
         return torch.einsum("bphe,hed->bhpd", x, group.w_out.to(x.device, x.dtype))
@@ -203,7 +202,7 @@ def check_graph(model: Model, graph: Graph, run: ActivationCache) -> Graph:
     for i, g in enumerate(graph.groups):
         layer_out[i] = acts[g.check_site] if g.check_site else acts[g.site]
         if g.w_out is not None:  # the heads' outputs sum to the attention output, up to the projection's bias
-            summed = graph.outputs(g, acts).sum(1)
+            summed = graph.outputs(g, acts[g.site]).sum(1)
             bias = layer_out[i] - summed
             if not _close(bias, bias[:1, :1].expand_as(bias), layer_out[i]):
                 raise _not_additive(model, f"the heads at {g.site} times W_O do not sum to {g.check_site}")
@@ -215,19 +214,18 @@ def check_graph(model: Model, graph: Graph, run: ActivationCache) -> Graph:
                     raise _not_additive(model, f"{s} is not the encoder output")
             fixed.append(rec)
             continue
-        target = acts[rec.sites[0]]
         same_layer = [g for g in rec.groups if graph.groups[g].layer == rec.layer and graph.groups[g].stack == rec.stack]
         before = [g for g in rec.groups if g not in same_layer]
         chosen = None
         for j in range(len(same_layer) + 1):  # the fewest of this layer's writes (parallel blocks: none) that sum up
             cand = before + same_layer[:j]
             total = sum(layer_out[g] for g in cand)
-            if _close(total, target, target, bias_free=True):
+            if all(_close(total, acts[s], acts[s], bias_free=True) for s in rec.sites):  # q, k and v inputs alike
                 chosen = cand
                 break
         if chosen is None:
             raise _not_additive(model, f"the input of {rec.name} ({rec.sites[0]}) is not a sum of the outputs before it")
-        fixed.append(Receiver(rec.name, rec.kind, rec.stack, rec.layer, rec.sites, tuple(chosen), rec.feeds))
+        fixed.append(replace(rec, groups=tuple(chosen)))
     return Graph(graph.groups, fixed)
 
 

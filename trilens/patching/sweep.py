@@ -90,10 +90,10 @@ def _run_cells(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_lis
     try:
         for start in range(0, len(cells), batch_size):
             chunk = cells.take(slice(start, start + batch_size))
-            first = _first_position(replay, bound, panel_list, chunk)
-            with replay.skipping(int(starts[start:start + batch_size].min()), chunk.pair, first):
-                out[start:start + len(chunk)] = _run_chunk(model, base_batch, bound, panel_list, chunk, source,
-                                                           replay, first)
+            first = _first_position(replay, bound, chunk)
+            sub = base_batch.rows(chunk.pair.to(base_batch.input_ids.device))
+            with replay.resumed(sub, chunk.pair, int(starts[start:start + batch_size].min()), first) as kwargs:
+                out[start:start + len(chunk)] = _run_chunk(model, sub, kwargs, first, bound, panel_list, chunk, source)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -120,7 +120,7 @@ def patch_interventions(panel_list: list[Panel], chunk: Cells, source: dict[str,
     return ivs
 
 
-def _first_position(replay: BlockReplay, bound: ResolvedMetric, panel_list: list[Panel], chunk: Cells) -> int:
+def _first_position(replay: BlockReplay, bound: ResolvedMetric, chunk: Cells) -> int:
     """Where a causal decoder-only run of the chunk can start: its earliest patched position and earliest scored
     position (0 where a cell spans every position, the metric reads all logits, or the model's cache cannot be cut)."""
     if not replay.can_start_late or not bound.reads_rows or bool((chunk.position < 0).any()):
@@ -130,13 +130,13 @@ def _first_position(replay: BlockReplay, bound: ResolvedMetric, panel_list: list
     return max(0, min(int(chunk.position.min()), scored_min))
 
 
-def _run_chunk(model: Model, base_batch: Batch, bound: ResolvedMetric, panel_list: list[Panel], chunk: Cells,
-               source: dict[str, torch.Tensor], replay: BlockReplay, first: int) -> torch.Tensor:
+def _run_chunk(model: Model, sub: Batch, kwargs: dict[str, Any], first: int, bound: ResolvedMetric,
+               panel_list: list[Panel], chunk: Cells, source: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The metric of each row of ``sub`` (a chunk's pairs; the run from position ``first`` on, with ``kwargs``) with
+    its cell patched."""
     pairs = chunk.pair
-    sub = base_batch.rows(pairs.to(base_batch.input_ids.device))
     state = RunState(masks=dict(sub.masks), offsets={"decoder": first})
     hooks = [h for iv in patch_interventions(panel_list, chunk, source) for h in iv.hooks(model, state)]
-    kwargs = replay.forward_kwargs(sub, pairs, first)
     with torch.no_grad(), model.hooks(hooks):
         if bound.reads_rows:
             with head_rows(model, bound.rows_of(pairs).positions.clamp_min(first) - first):
