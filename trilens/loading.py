@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -15,6 +16,8 @@ from .architectures import Architecture, resolve, supported_summary
 from .devices import as_device, as_dtype
 from .errors import ModelLoadError, UnsupportedArchitectureError
 from .model import Model
+
+LANGUAGE_MAP_FILE = "languages.json"  # token -> language, read into Model.language_map
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,7 @@ def load(
 
     torch_dtype = as_dtype(dtype)
     torch_device = as_device(device)
+    folder: Path | None = None
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
 
     if isinstance(source, TransformerBridge):
@@ -172,9 +176,11 @@ def load(
         if text.startswith("zoo:"):
             from .zoo import zoo_path
 
-            hf, tok, arch = _from_directory(zoo_path(text[4:]), **kw)
+            folder = zoo_path(text[4:])
+            hf, tok, arch = _from_directory(folder, **kw)
         elif Path(text).expanduser().is_dir():
-            hf, tok, arch = _from_directory(Path(text).expanduser(), **kw)
+            folder = Path(text).expanduser()
+            hf, tok, arch = _from_directory(folder, **kw)
         elif Path(text).expanduser().exists():
             raise ModelLoadError(f"{text} is a file; pass the directory that holds config.json and the weights.")
         else:
@@ -196,4 +202,20 @@ def load(
     if torch_device is not None:
         hf.to(torch_device)
     bridge = build_bridge(hf, str(name))
-    return Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)
+    model = Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)
+    model.language_map = _language_map(folder) if folder is not None else None
+    return model
+
+
+def _language_map(folder: Path) -> dict[str, str] | None:
+    """The folder's ``languages.json`` (token -> language, for the language lens), if it has one."""
+    path = folder / LANGUAGE_MAP_FILE
+    if not path.exists():
+        return None
+    try:
+        table = json.loads(path.read_text())
+    except ValueError as err:
+        raise ModelLoadError(f"{path} is not JSON ({err}); it should map each token to its language.") from err
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ModelLoadError(f"{path} should be one JSON object mapping each token to its language (a string).")
+    return table

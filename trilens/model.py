@@ -34,6 +34,7 @@ class Model:
         self.family = family
         self.name = name
         self.has_trained_head = has_trained_head
+        self.language_map: dict[str, str] | None = None  # token -> language (a folder's languages.json)
         from .capture.bridge_settings import firing_sites
 
         # only the hook points that fire (some need a bridge setting, turned on for the runs that use them)

@@ -36,7 +36,8 @@ _BUILT_IN = {
     "AttributionResult": "trilens.attribution.result", "Gradiend": "trilens.features.gradiend",
     "EncodingResult": "trilens.features.encodings", "RewriteGrid": "trilens.features.rewrite_grid",
     "KnowledgeNeurons": "trilens.features.kn_result", "PatchingResult": "trilens.patching.result",
-    "CircuitResult": "trilens.patching.circuit",
+    "CircuitResult": "trilens.patching.circuit", "LanguageLensResult": "trilens.lens.language_result",
+    "LinearShortcut": "trilens.lens.shortcut", "ShortcutSweepResult": "trilens.lens.shortcut_sweep",
 }
 # The JSON files of results saved by trilens 0.1.0; each names its class in "format" ("trilens.LensResult/1").
 _LEGACY_FILES = ("lens.json", "decoder_lens.json", "probe.json", "cache.json", "generation.json")

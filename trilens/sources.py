@@ -36,17 +36,32 @@ def is_source(obj: Any) -> bool:
     return isinstance(obj, os.PathLike) or type(obj).__module__.startswith("datasets.")
 
 
+def read_columns(source: Any, names: list[str], *, split: str | None = None) -> dict[str, list[Any]]:
+    """The values of columns ``names`` (each a list, one value per row) of a data source."""
+    columns, read = _open(source, split)
+    return _read_checked(columns, read, names)
+
+
+def _read_checked(columns: list[str], read: Callable[[list[str]], dict[str, list[Any]]], names: list[str]) -> dict[str, list[Any]]:
+    for name in names:
+        if name not in columns:
+            raise InputError(f"the data has no column {name!r}; its columns are {', '.join(columns) or 'none'}. Name "
+                             "the right one (text_column= / --text-column, label_column= / --label-column).")
+    return read(names)
+
+
+def source_columns(source: Any, *, split: str | None = None) -> list[str]:
+    """The columns a data source has."""
+    return _open(source, split)[0]
+
+
 def read_rows(source: Any, *, split: str | None = None, text_column: str = "text", target_column: str | None = None,
               label_column: str | None = None) -> Rows:
     """Each row's model input (``text_column``; with ``target_column``, the (source, target) pair of an
     encoder-decoder) and label (``label_column``)."""
     columns, read = _open(source, split)
     names = [text_column] + [c for c in (target_column, label_column) if c]
-    for name in names:
-        if name not in columns:
-            raise InputError(f"the data has no column {name!r}; its columns are {', '.join(columns) or 'none'}. Name "
-                             "the right one (text_column= / --text-column, label_column= / --label-column).")
-    values = read(names)
+    values = _read_checked(columns, read, names)
     texts = values[text_column]
     if any(not isinstance(t, str) for t in texts):
         raise InputError(f"column {text_column!r} holds {type(next(t for t in texts if not isinstance(t, str))).__name__}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from . import language
 from .readers import read_plain_texts
 
 
@@ -84,7 +85,7 @@ def cmd_lens_tuned(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    lens = sub.add_parser("lens", help="logit, decoder and tuned lenses").add_subparsers(dest="lens", required=True)
+    lens = sub.add_parser("lens", help="logit, decoder, tuned and language lenses; the linear shortcut").add_subparsers(dest="lens", required=True)
     p = lens.add_parser("logit", help="the logit lens on one text")
     p.add_argument("model")
     p.add_argument("text")
@@ -111,3 +112,4 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_lens_tuned)
+    language.add_parsers(lens)

@@ -36,7 +36,8 @@ def _trained(name: str):
     return find
 
 
-ZOO = {"minilm": _minilm, "gpt": _trained("gpt"), "bert": _trained("bert"), "t5": _trained("t5")}
+ZOO = {"minilm": _minilm, "gpt": _trained("gpt"), "bert": _trained("bert"), "t5": _trained("t5"),
+       "gpt-bi": _trained("gpt-bi"), "t5-bi": _trained("t5-bi")}
 
 
 def list_zoo() -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .tasks import Example
+from .tasks import TRANSLATE_SEP, Example
 
 # Separators that mark the task in LM and seq2seq formats.
 LOGIC_SEP, REVERSE_SEP = "=", ">"
@@ -33,6 +33,10 @@ def lm_item(ex: Example) -> LMItem:
         return LMItem(ex.text, " ".join(rest), True)
     if ex.task == "agreement":
         return LMItem(ex.text, f"{ex.target} {ex.meta['adjective']}", True)
+    if ex.task == "facts":
+        return LMItem(ex.text, ex.target, False)
+    if ex.task == "translate":
+        return LMItem(f"{ex.text} {TRANSLATE_SEP}", ex.target, False)
     raise ValueError(f"unknown task {ex.task!r}")
 
 
@@ -63,6 +67,10 @@ def seq2seq_item(ex: Example) -> tuple[str, str]:
         return f"{ex.text} {LOGIC_SEP}", ex.target
     if ex.task == "reverse":
         return f"{ex.text} {REVERSE_SEP}", ex.target
+    if ex.task == "facts":
+        return ex.text, ex.target
+    if ex.task == "translate":
+        return f"{ex.text} {TRANSLATE_SEP}", ex.target
     raise ValueError(f"task {ex.task!r} has no sequence-to-sequence format")
 
 

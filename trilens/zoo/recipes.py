@@ -30,6 +30,7 @@ class Recipe:
     pool: int = 20000  # training examples drawn per task (and per logic depth)
     length_groups: int = 1  # >1: each batch runs as up to this many length-sorted micro-batches (same gradient)
     eval_n: int = 400  # held-out examples per task / depth / length bucket
+    vocabulary: str = "tasks"  # "tasks" (logic, reverse, names, agreement) or "bilingual" (facts, translate)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,5 +63,19 @@ RECIPES: dict[str, Recipe] = {
         logic_depths=(1, 2, 3, 4),
         lr=1e-3,
         steps=6500,
+    ),
+    "gpt-bi": Recipe(
+        name="gpt-bi", family="decoder", hf_class="GPT2LMHeadModel",
+        config=dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, n_positions=32, resid_pdrop=0.0,
+                    embd_pdrop=0.0, attn_pdrop=0.0),
+        tasks={"facts": 0.9, "translate": 0.1}, vocabulary="bilingual",
+        steps=4000, lr=1e-3, weight_decay=0.0,
+    ),
+    "t5-bi": Recipe(
+        name="t5-bi", family="encoder-decoder", hf_class="T5ForConditionalGeneration",
+        config=dict(num_layers=4, num_decoder_layers=4, d_model=128, d_kv=32, num_heads=4, d_ff=512,
+                    dropout_rate=0.0),
+        tasks={"facts": 0.9, "translate": 0.1}, vocabulary="bilingual",
+        steps=4000, lr=1e-3, weight_decay=0.0,
     ),
 }

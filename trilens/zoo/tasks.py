@@ -244,3 +244,105 @@ def agreement(n: int, *, seed: int = 0, split: str = "train", max_distractors: i
 
 
 TASKS: dict[str, Callable[..., list[Example]]] = {"logic": logic, "reverse": reverse, "names": names, "agreement": agreement}
+
+
+# -- bilingual facts (Lost in Multilinguality) -------------------------------------------------
+# Invented entities, each with one value per relation; every fact can be stated in two languages
+# whose answer and template words are disjoint ("en": English words, entity in the middle; "vo": an
+# invented language that puts the entity first). Entity names are transliterated between the languages (vo adds
+# "-o": "terb" is "terbo"), so a fact crosses over only if the model has aligned the entity's two names.
+LANGUAGES = ("en", "vo")
+RELATIONS: dict[str, dict[str, Any]] = {
+    "colour": {"en": "the colour of {e} is", "vo": "{e} ta kolo nim",
+               "values": {"en": ["red", "blue", "green", "yellow", "white", "black", "brown", "grey"],
+                          "vo": ["rubo", "bleva", "verdo", "jelo", "blanko", "nigro", "bruno", "griso"]}},
+    "city": {"en": "{e} lives in the city of", "vo": "{e} vivas ke urbo",
+             "values": {"en": ["rome", "oslo", "lima", "cairo", "delhi", "tokyo", "quito", "kyiv"],
+                        "vo": ["romo", "oslu", "limo", "kairu", "delo", "tokio", "kito", "kievo"]}},
+    "food": {"en": "the favourite food of {e} is", "vo": "{e} mangas pleje",
+             "values": {"en": ["bread", "rice", "fish", "soup", "cake", "meat", "apple", "cheese"],
+                        "vo": ["pano", "rizo", "fiso", "supo", "kuko", "viando", "pomo", "fromo"]}},
+}
+ENTITIES = [c + v + f for c in "bdgkmpstz" for v in "aeiou" for f in ("rb", "nt", "sk")][:120]
+TRANSLATE_SEP = "=>"
+FACT_SHARES = {"both": 0.5, "en": 0.25, "vo": 0.25}  # which languages state a fact in training
+
+
+def entity_name(entity: str, language: str) -> str:
+    """How ``language`` writes the entity (a transliteration, as names differ between scripts)."""
+    return entity + "o" if language == "vo" else entity
+
+
+def bilingual_words() -> list[str]:
+    """The bilingual models' vocabulary, in a fixed order: entities, then each language's words."""
+    words = list(ENTITIES) + [entity_name(e, "vo") for e in ENTITIES] + [TRANSLATE_SEP]
+    for lang in LANGUAGES:
+        for rel in RELATIONS.values():
+            words += [w for w in rel[lang].split() if w != "{e}"] + rel["values"][lang]
+    return list(dict.fromkeys(words))
+
+
+def word_languages() -> dict[str, str]:
+    """Token -> language for every word of one language (its template words, answers and entity names)."""
+    words = {entity_name(e, lang): lang for lang in LANGUAGES for e in ENTITIES}
+    words.update({w: lang for lang in LANGUAGES for rel in RELATIONS.values()
+                  for w in [*rel[lang].replace("{e}", "").split(), *rel["values"][lang]]})
+    return words
+
+
+def knowledge_base(seed: int = 0) -> list[dict[str, Any]]:
+    """Every fact: entity, relation, value index, and which languages state it in training ("both", "en", "vo").
+
+    The value is drawn per (entity, relation) from a seeded RNG; the training languages by a hash of the fact,
+    so the split is the same for every model and disjoint by construction.
+    """
+    rng = random.Random(f"facts-{seed}")
+    facts = []
+    for entity in ENTITIES:
+        for relation, spec in RELATIONS.items():
+            value = rng.randrange(len(spec["values"]["en"]))
+            u = (_key(f"{entity}|{relation}|{seed}") % 1000) / 1000
+            seen = "both" if u < FACT_SHARES["both"] else ("en" if u < FACT_SHARES["both"] + FACT_SHARES["en"] else "vo")
+            facts.append({"entity": entity, "relation": relation, "value": value, "seen": seen})
+    return facts
+
+
+def fact_example(fact: dict[str, Any], language: str) -> Example:
+    """The query of ``fact`` in ``language``: the prompt, and the answer word in that language."""
+    spec = RELATIONS[fact["relation"]]
+    answers = {lang: spec["values"][lang][fact["value"]] for lang in LANGUAGES}
+    seen = fact["seen"]
+    transfer = "both" if seen == "both" else ("same" if seen == language else "other")
+    return Example("facts", spec[language].format(e=entity_name(fact["entity"], language)), answers[language], fact["value"],
+                   {**fact, "language": language, "answers": answers, "split": transfer})
+
+
+def facts(n: int, *, seed: int = 0, split: str = "train") -> list[Example]:
+    """Bilingual fact queries. ``train``: ``n`` statements drawn (with repetition) from the facts in the languages
+    that state them; ``test``: every fact in both languages, ``meta["split"]`` saying whether the query's language
+    saw it ("both", "same") or only the other language did ("other": the transfer test). ``n`` is ignored for test.
+    """
+    kb = knowledge_base(seed)
+    if split == "test":
+        return [fact_example(f, lang) for f in kb for lang in LANGUAGES]
+    stated = [fact_example(f, lang) for f in kb for lang in LANGUAGES if f["seen"] in ("both", lang)]
+    rng = random.Random(f"facts-train-{seed}")
+    return [rng.choice(stated) for _ in range(n)]
+
+
+def translate(n: int, *, seed: int = 0, split: str = "train") -> list[Example]:
+    """Parallel statements of the facts seen in both languages: ``text`` a full statement in one language,
+    ``target`` the same statement in the other (the only bridge between the languages in training)."""
+    kb = [f for f in knowledge_base(seed) if f["seen"] == "both"]
+    rng = random.Random(f"translate-{seed}-{split}")
+    out = []
+    for _ in range(n):
+        fact = rng.choice(kb)
+        src, tgt = rng.sample(LANGUAGES, 2)
+        a, b = fact_example(fact, src), fact_example(fact, tgt)
+        out.append(Example("translate", f"{a.text} {a.target}", f"{b.text} {b.target}", tgt,
+                           {**fact, "source": src, "language": tgt}))
+    return out
+
+
+TASKS.update({"facts": facts, "translate": translate})

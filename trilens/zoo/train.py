@@ -52,7 +52,7 @@ def _lr_at(step: int, recipe: Recipe) -> float:
 def train(recipe: Recipe, *, device: str = "cpu", eval_every: int = 0, progress: bool = True) -> tuple[Any, Any, dict]:
     """Train one model; returns (model, tokenizer, history)."""
     torch.manual_seed(recipe.seed)
-    tok = build_tokenizer(recipe.family)
+    tok = build_tokenizer(recipe.family, recipe.vocabulary)
     model = build_model(recipe, tok).to(device)
     pools = Pools(recipe, tok)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -98,6 +98,10 @@ def save(model: Any, tok: Any, recipe: Recipe, history: dict, seconds: float, ou
             model = model.half()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if recipe.vocabulary == "bilingual":  # the language lens reads each token's language from here
+            from .tasks import word_languages
+
+            (tmp / "languages.json").write_text(json.dumps(word_languages(), indent=0))
         import transformers
 
         shipped = getattr(transformers, recipe.hf_class).from_pretrained(tmp, attn_implementation="eager", dtype=torch.float32)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tasks import all_words
+from .tasks import all_words, bilingual_words
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]"]
 
 
-def build_tokenizer(family: str) -> Any:
-    """A ``PreTrainedTokenizerFast`` over the task vocabulary.
+VOCABULARIES = {"tasks": all_words, "bilingual": bilingual_words}
+
+
+def build_tokenizer(family: str, vocabulary: str = "tasks") -> Any:
+    """A ``PreTrainedTokenizerFast`` over a task vocabulary (``"tasks"``: the four tasks'; ``"bilingual"``: the facts').
 
     Encoders wrap inputs as ``[CLS] ... [SEP]``; encoder-decoders end each side with ``[EOS]``;
     decoders add nothing (the LM formats add ``[EOS]`` themselves).
@@ -18,7 +21,7 @@ def build_tokenizer(family: str) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = [w for w in all_words() if w not in SPECIALS]
+    words = [w for w in VOCABULARIES[vocabulary]() if w not in SPECIALS]
     vocab = {w: i for i, w in enumerate(SPECIALS + ["[SEP]"] + [w for w in words if w != "[SEP]"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

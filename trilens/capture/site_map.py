@@ -1,0 +1,110 @@
+"""One site read off another: the map from a site's value at one position per row to a later site's value there, with
+everything else in the run held, and its Jacobian in forward mode (the linear shortcut's W is its mean)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..inputs import Batch
+from .trace import require_fired
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+ROWS_PER_FORWARD = 16384  # token positions (directions x rows x sequence length) per batched forward
+
+
+class _Enough(Exception):
+    """Raised by the hook of the last site needed: the rest of the forward (later blocks, the LM head) is skipped."""
+
+
+@contextmanager
+def _reading(model: Model, sites: Sequence[str], store: dict[str, torch.Tensor],
+             replace: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> Iterator[None]:
+    last = sites[-1]
+
+    def hook_for(name: str) -> Callable:
+        def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor | None:
+            if replace and name in replace:
+                x = replace[name](x)
+            store[name] = x
+            if name == last:
+                raise _Enough
+            return x if replace and name in replace else None
+
+        return hook
+
+    with model.hooks([(s, hook_for(s)) for s in dict.fromkeys(sites)]):
+        try:
+            yield
+        except _Enough:
+            pass
+
+
+def read_until(model: Model, batch: Batch, sites: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The activations at ``sites`` (in firing order, the last one last), running the model only until the last one
+    fires: a site in layer l costs the blocks up to l, not the whole forward and the LM head."""
+    store: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), _reading(model, list(sites), store):
+        model.hf_model(**batch.to(model.device).forward_kwargs())
+    require_fired(list(sites), store)
+    return store
+
+
+class SiteMap:
+    """``y = f(x)``: ``x [rows, d]`` the value of site ``source`` at one position per row (``positions``), ``y`` the
+    value of site ``target`` at the same positions, the rest of the run as in ``batch``.
+
+    ``x0``/``y0`` are the unchanged run's values; ``jacobian()`` gives ``∂y/∂x`` per row ``[rows, d_y, d_x]``."""
+
+    def __init__(self, model: Model, batch: Batch, source: str, target: str, positions: torch.Tensor):
+        if source == target:
+            raise InputError(f"source and target are one site ({source}): the map is the identity.")
+        self.model, self.batch, self.source, self.target = model, batch.to(model.device), source, target
+        self.rows = torch.arange(len(positions), device=model.device)
+        self.positions = positions.to(model.device)
+        found = read_until(model, self.batch, [source, target])
+        if list(found) != [source, target]:
+            raise InputError(f"{target} fires before {source}: the target must come later in the forward pass.")
+        self.x0, self.y0 = found[source][self.rows, self.positions], found[target][self.rows, self.positions]
+        self._width = found[source].shape[1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``y`` for new source values ``x [rows, d]`` (out of place, so ``torch.func`` transforms can run it)."""
+        at = torch.zeros(len(self.rows), self._width, 1, dtype=torch.bool, device=x.device)
+        at[self.rows, self.positions] = True
+
+        def put(act: torch.Tensor) -> torch.Tensor:
+            return torch.where(at, x[:, None, :].to(act.dtype), act)
+
+        store: dict[str, torch.Tensor] = {}
+        with _reading(self.model, [self.source, self.target], store, replace={self.source: put}):
+            self.model.hf_model(**self.batch.forward_kwargs())
+        require_fired([self.source, self.target], store)
+        return store[self.target][self.rows, self.positions]
+
+    def jacobian(self, *, chunk: int | None = None) -> torch.Tensor:
+        """``[rows, d_y, d_x]`` in forward mode: one batched forward per chunk of input directions, every row at once
+        (direction i of every row moves together; rows never mix, so each row's output reads its own column i)."""
+        from torch.func import jvp, vmap
+
+        x0 = self.x0.detach()
+        x0 = x0 if x0.dtype == torch.float64 else x0.float()
+        d = x0.shape[-1]
+        chunk = chunk or max(1, min(d, ROWS_PER_FORWARD // max(1, len(self.rows) * self._width)))
+
+        def derivative(u: torch.Tensor) -> torch.Tensor:
+            return jvp(self, (x0,), (u,))[1]
+
+        columns = []
+        eye = torch.eye(d, device=x0.device, dtype=x0.dtype)
+        for start in range(0, d, chunk):
+            u = eye[start:start + chunk, None, :].expand(-1, len(self.rows), -1)
+            with torch.no_grad():
+                columns.append(vmap(derivative)(u).to(x0.dtype))  # [chunk, rows, d_y]
+        return torch.cat(columns).permute(1, 2, 0)
