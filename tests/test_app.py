@@ -301,3 +301,30 @@ def test_feature_neurons_read_the_input_and_draw_the_rewrite_grid(monkeypatch, t
     at.session_state["text"] = "the cat sat and was here"
     at.run()
     assert not at.exception and "put one [MASK]" in messages(at)
+
+
+@pytest.mark.parametrize("model", ["zoo:gpt-bi", "zoo:t5-bi"])
+def test_lens_by_language_shows_the_language_lens_of_the_zoo_facts(monkeypatch, model):
+    from trilens.app.language_data import parse_queries, zoo_fact_lines
+    from trilens.lens import language_lens
+
+    at = start(monkeypatch, model, tab="Lens", lens="by language")
+    assert not at.error and not at.warning, messages(at)
+    prompts, answers, languages = parse_queries(zoo_fact_lines())
+    ref = language_lens(trilens.load(model), prompts, answers, languages)
+    shown = [m.value for m in at.metric]
+    assert shown[:2] == [f"{ref.accuracy()['en']:.2f}", f"{ref.accuracy()['vo']:.2f}"]
+    fig = chart(at, "language-figure")
+    own = next(t for t in fig.data if t.name == "en prompts, en answer")
+    frame = ref.layer_frame()
+    assert np.allclose(array(own.y), frame[frame.language == "en"]["rank_en"].to_numpy() + 1)
+    at.radio(key="language_figure").set_value("language of the top tokens").run()
+    assert any(t.name == "vo prompts: vo" for t in chart(at, "language-figure").data)
+    at.text_area(key="language_prompts").set_value("en | the colour of terb is")
+    next(b for b in at.button if b.label == "Read by language").click().run()
+    assert "should read `language | prompt | answer`" in messages(at)
+
+
+def test_lens_offers_by_language_only_with_a_language_map(monkeypatch):
+    at = start(monkeypatch, "zoo:gpt", tab="Lens")
+    assert at.radio(key="lens").options == ["logit", "tuned"]

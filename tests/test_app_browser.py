@@ -101,3 +101,19 @@ def test_downloads_hold_what_is_shown(server, browser):
         assert not page.errors, page.errors
     finally:
         page.close()
+
+
+def test_lens_by_language_in_a_real_browser(server, browser, tmp_path):
+    query = urllib.parse.urlencode({"model": "zoo:gpt-bi", "tab": "Lens", "lens": "by language",
+                                    "language_figure": "language of the top tokens"})
+    page = open_page(browser, f"{server}/?{query}")
+    try:
+        page.wait_for_selector(".st-key-language-figure .js-plotly-plot", timeout=60_000)
+        text = page.locator("[data-testid='stMainBlockContainer']").inner_text()
+        assert "accuracy, en prompts" in text and "consistency en-vo" in text
+        assert "language of the top" in page.locator(".st-key-language-figure").inner_text()
+        assert not exceptions(page), exceptions(page)
+        page.screenshot(path=str(shots(tmp_path) / "gpt-bi-lens-by-language.png"), full_page=True)
+        assert not page.errors, page.errors
+    finally:
+        page.close()

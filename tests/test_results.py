@@ -23,9 +23,12 @@ from trilens.features import (
 from trilens.lens import (
     DecoderLensResult,
     LensResult,
+    LinearShortcut,
     TunedLens,
     decoder_lens,
+    language_lens,
     logit_lens,
+    shortcut_sweep,
 )
 from trilens.patching import edge_attribution, patching_sweep
 from trilens.probes import ProbeResult, probe_layers
@@ -54,7 +57,18 @@ def results(tiny):
                                          heads=True, progress=False),
         "CircuitResult": edge_attribution(gpt, ["the cat sat on the mat"], ["the dog sat on the mat"], "kl", steps=2,
                                           progress=False),
+        **_language_results(gpt),
     }
+
+
+def _language_results(gpt):
+    prompts, langs = ["the cat sat on the", "a dog was", "she sat on the", "he was"], ["a", "b", "a", "b"]
+    answers = [{"a": "mat", "b": "big"}, {"a": "red", "b": "big"}, {"a": "mat", "b": "small"}, {"a": "it", "b": "here"}]
+    word_language = {"mat": "a", "red": "a", "it": "a", "big": "b", "small": "b", "here": "b"}
+    return {"LanguageLensResult": language_lens(gpt, prompts, answers, langs, language_map=word_language, k=4),
+            "LinearShortcut": LinearShortcut.fit(gpt, prompts, layer=1, progress=False),
+            "ShortcutSweepResult": shortcut_sweep(gpt, prompts, prompts, ["mat", "big", "mat", "here"], langs,
+                                                  groups=["x", "y", "x", "y"])}
 
 
 def _feature_results(bert):

@@ -188,3 +188,20 @@ def test_patching_study_quick_run(tmp_path):
     assert isinstance(load_result(tmp_path / "p" / "results" / "t5_reverse_exact"), PatchingResult)
     assert {"gpt_names_decoder_exact", "t5_reverse_cross_attn_out_exact", "bert_logic_encoder_peaks"} <= set(ctx.figures)
     assert (tmp_path / "p" / "tables" / "cases.csv").read_text().startswith("case,pairs")
+
+
+def test_multilinguality_study_quick_run(tmp_path):
+    ctx = run_study("multilinguality", tmp_path / "ml", quick=True, progress=False)
+    errors = ctx.metrics["gpt-bi/errors"]
+    # facts stated in the question's language are known; every error is a cross-lingual one (the zoo's card)
+    assert errors["accuracy_both"] == 1.0 and errors["accuracy_same"] == 1.0 and errors["share_of_errors_on_other"] == 1.0
+    assert 0.3 < errors["accuracy_other"] < 0.9
+    shared = ctx.metrics["gpt-bi/shared_space"]
+    assert shared["correct_prompts"] == 240 - errors["errors"]
+    assert len(shared["own_top10_by_layer"]) == 7 and shared["own_top10_by_layer"][-1] == 1.0
+    shortcut = ctx.metrics["gpt-bi/shortcut_beta_2.25"]
+    # from the last layer the shortcut is the model (the final norm ignores β's scale)
+    assert shortcut["accuracy_other_by_layer"][-1] == pytest.approx(shortcut["model_accuracy_other"])
+    assert shortcut["fit_error_by_layer"][-1] == 0.0 and shortcut["fit_error_by_layer"][0] > 0.5
+    assert (tmp_path / "ml" / "figures" / "gpt-bi_rank.html").exists()
+    assert "Shared space" in (tmp_path / "ml" / "summary.md").read_text()

@@ -45,4 +45,4 @@ def test_every_zoo_model_is_shipped():
 
 
 def test_zoo_lists_its_models():
-    assert set(list_zoo()) == {"minilm", "gpt", "bert", "t5"}
+    assert set(list_zoo()) == {"minilm", "gpt", "bert", "t5", "gpt-bi", "t5-bi"}

@@ -127,3 +127,37 @@ def test_training_is_deterministic_for_a_seed():
         assert torch.equal(a, b), name
     other, _, _ = train(Recipe(**{**recipe.to_dict(), "seed": 1}), progress=False)
     assert not torch.equal(other.state_dict()["transformer.wte.weight"], first.state_dict()["transformer.wte.weight"])
+
+
+def test_bilingual_facts_splits_are_disjoint_as_documented():
+    kb = T.knowledge_base(0)
+    assert len(kb) == len(T.ENTITIES) * len(T.RELATIONS) == 360
+    shares = {s: sum(f["seen"] == s for f in kb) / len(kb) for s in T.FACT_SHARES}
+    assert all(abs(shares[s] - T.FACT_SHARES[s]) < 0.06 for s in T.FACT_SHARES)
+    train = T.facts(20000, seed=0)
+    stated = {(ex.meta["entity"], ex.meta["relation"], ex.meta["language"]) for ex in train}
+    # every training statement is in a language that states the fact, and every such statement is drawn
+    assert all(ex.meta["seen"] in ("both", ex.meta["language"]) for ex in train)
+    assert len(stated) == sum(2 if f["seen"] == "both" else 1 for f in kb)
+    translations = T.translate(5000, seed=0)
+    assert all(ex.meta["seen"] == "both" for ex in translations)
+    test = T.facts(0, seed=0, split="test")
+    assert len(test) == 2 * len(kb)
+    train_texts = {ex.text for ex in train} | {ex.text for ex in translations}
+    for ex in test:
+        key = (ex.meta["entity"], ex.meta["relation"], ex.meta["language"])
+        if ex.meta["split"] == "other":  # the transfer test: this language never stated this fact
+            assert key not in stated and ex.text not in train_texts and ex.meta["seen"] != "both"
+        else:
+            assert key in stated
+        assert ex.target == ex.meta["answers"][ex.meta["language"]]
+    # the languages share no word but the separator; entity names are transliterated
+    langs = T.word_languages()
+    en = {w for w, lang in langs.items() if lang == "en"}
+    vo = {w for w, lang in langs.items() if lang == "vo"}
+    assert not en & vo and "terb" in en and "terbo" in vo
+    tok = build_tokenizer("decoder", "bilingual")
+    for ex in test[:40] + translations[:40]:
+        for text in (lm_item(ex).prompt, lm_item(ex).answer):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.unk_token_id not in ids and tok.decode(ids) == text

@@ -53,6 +53,7 @@ def shared_space(ctx: StudyContext, key: str, res: Any, n_layers: int) -> None:
     other = res.rank[:, ok.nonzero().flatten(), other_col]
     concept = torch.minimum(own, other)
     appears, settles = _first(concept == 0), res.settled_layer()[ok]
+    seen_other = (other == 0).any(0)  # prompts whose other-language answer is top-1 at some layer
     before_last = slice(1, n_layers)  # the blocks' own layers, neither the embeddings nor the output
     other_top1 = (other[before_last] == 0).float().mean(1)
     gap = res.cosine.mean(1) - torch.stack(list(res.baseline.values())).mean(0)
@@ -61,8 +62,8 @@ def shared_space(ctx: StudyContext, key: str, res: Any, n_layers: int) -> None:
         "correct_prompts": int(ok.sum()),
         "layer_answer_appears_any_language": float(appears.float().mean()),
         "layer_own_language_settles": float(settles.float().mean()),
-        "share_appearing_first_in_other_language": float(((other == 0).int().argmax(0) < (own == 0).int().argmax(0))
-                                                         [(other == 0).any(0)].float().mean()) if bool((other == 0).any()) else 0.0,
+        "share_other_language_first": float((_first(other == 0) < _first(own == 0))[seen_other].float().mean())
+                                      if bool(seen_other.any()) else 0.0,
         "other_language_top1_peak": float(other_top1.max()),
         "other_language_top1_peak_layer": int(other_top1.argmax()) + 1,
         "own_top10_by_layer": [round(float(v), 3) for v in (own < 10).float().mean(1)],
@@ -73,11 +74,17 @@ def shared_space(ctx: StudyContext, key: str, res: Any, n_layers: int) -> None:
         "cosine_gap_last": round(float(gap[-1]), 3),
     }
     ctx.metric(f"{key}/shared_space", m)
-    holds = m["layer_answer_appears_any_language"] < m["layer_own_language_settles"] and peak < n_layers
+    # the paper's picture: the answer is there, language-independently, at least a layer before its language settles
+    lead = m["layer_own_language_settles"] - m["layer_answer_appears_any_language"]
+    holds = lead >= 1 or m["other_language_top1_peak"] >= 0.1
+    m["lead_layers"] = round(lead, 3)
     ctx.say(f"- **Shared space** (paper: {PAPER['shared']}). Correct answers first appear (top-1 in either language) "
             f"at layer {m['layer_answer_appears_any_language']:.2f} on average and the prompt's own language settles at "
             f"{m['layer_own_language_settles']:.2f} of {n_layers}; the other language's answer is top-1 for up to "
-            f"{m['other_language_top1_peak']:.0%} of them (layer {m['other_language_top1_peak_layer']}). Parallel prompts "
+            f"{m['other_language_top1_peak']:.0%} of them"
+            + (f" (layer {m['other_language_top1_peak_layer']}), before their own language in "
+               f"{m['share_other_language_first']:.0%} of those where it ever is" if m["other_language_top1_peak"] else "")
+            + ". Parallel prompts "
             f"are closest, relative to prompts of other facts, at layer {peak} (cosine gap {m['cosine_gap_peak']:+.3f}; "
             f"{m['cosine_gap_last']:+.3f} at the last). {'Agrees' if holds else 'Disagrees'}.")
 
@@ -102,12 +109,15 @@ def error_anatomy(ctx: StudyContext, key: str, res: Any, groups: list[str], n_la
         "consistency_model": {f"{a}-{b}": v for (a, b), v in res.consistency().items()},
     })
     ctx.metric(f"{key}/errors", m)
-    holds = m["share_of_errors_on_other"] > m["share_of_queries_on_other"] and m["errors_found_in_a_middle_layer"] >= 0.5
+    concentrate = m["share_of_errors_on_other"] > m["share_of_queries_on_other"]
+    lost_late = m["errors_found_in_a_middle_layer"] >= 0.5
     ctx.say(f"- **Errors** (paper: {PAPER['errors']}). Accuracy: both {m['accuracy_both']:.3f}, same language "
             f"{m['accuracy_same']:.3f}, other language only {m['accuracy_other']:.3f}; {m['share_of_errors_on_other']:.0%} "
             f"of the {m['errors']} errors are on other-language facts ({m['share_of_queries_on_other']:.0%} of queries). "
             f"{m['errors_found_in_a_middle_layer']:.0%} of the errors had the answer top-1, in some language, in a middle "
-            f"layer (best at layer {m['errors_best_layer_mean']:.1f} on average). {'Agrees' if holds else 'Disagrees'}.")
+            f"layer (best at layer {m['errors_best_layer_mean']:.1f} on average). Errors concentrate on other-language "
+            f"facts: {'agrees' if concentrate else 'disagrees'}; they were found and lost at the end: "
+            f"{'agrees' if lost_late else 'disagrees'}.")
 
 
 def shortcut_effect(ctx: StudyContext, key: str, sweep: Any, beta: Any, n_layers: int) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def main() -> None:
               lambda: steps_panel(source, inp, model.family), lambda: attribution_panel(source, inp, model.family),
               lambda: patching_panel(source, inp, model.family),
               lambda: features_panel(source, inp, model.family),
-              lambda: lens_panel(source, inp, model.family), lambda: decoder_lens_panel(source, inp, model.family),
+              lambda: lens_panel(source, inp, model.family, model.language_map is not None), lambda: decoder_lens_panel(source, inp, model.family),
               lambda: probes_panel(source), lambda: compare_panel(source, inp, model.family))
     for tab, panel in zip(tabs, panels):
         if tab.open:

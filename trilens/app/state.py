@@ -24,18 +24,21 @@ from .attention_data import AttentionMaps, attention_maps
 from .attribution_data import AttributionSettings, attribution_view
 from .feature_data import compute_grid, encode_input
 from .inputs import AppInput, Prepared, prepare
+from .language_data import language_view
 from .lens_data import LensView, lens_view, load_tuned
 from .patching_data import PatchSettings, atp, exact_part
 from .prediction import Prediction, predict
 from .probe_data import run_probe
 from .steps_data import StepsView, steps_view
 
-ZOO_MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5", "zoo:minilm")
+ZOO_MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5", "zoo:gpt-bi", "zoo:t5-bi", "zoo:minilm")
 LOCAL = "a local model folder…"
 DEFAULT_INPUTS = {  # what each zoo model was trained on (trilens.zoo.tasks), so the first page shows real behaviour
     "zoo:gpt": AppInput("not ( T and F ) ="),
     "zoo:bert": AppInput("not ( T and F ) = [MASK]"),
     "zoo:t5": AppInput("f c e h b a >", "a b h e c f"),
+    "zoo:gpt-bi": AppInput("the colour of terb is"),
+    "zoo:t5-bi": AppInput("terbo ta kolo nim", "rubo"),
     "zoo:minilm": AppInput("The cat sat on the mat because it was tired."),
 }
 FALLBACK_INPUT = AppInput("The quick brown fox jumps over the lazy dog.")
@@ -101,6 +104,11 @@ def attention(source: str, text: str, target: str) -> AttentionMaps:
 def lens(source: str, text: str, target: str, tuned_path: str = "") -> LensView:
     return _on_input(source, text, target,
                      lambda m, prep: lens_view(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def language(source: str, text: str, k: int) -> Any:
+    return _run(source, lambda m: language_view(m, text, k))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

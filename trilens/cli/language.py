@@ -91,7 +91,8 @@ def cmd_lens_language(args: argparse.Namespace) -> int:
 
     model = trilens.load(args.model)
     q = read_queries(args, model)
-    result = language_lens(model, q.prompts, q.answers, q.languages, facts=q.facts, k=args.k)
+    result = language_lens(model, q.prompts, q.answers, q.languages, facts=q.facts, k=args.k,
+                           language_map=_language_map(args.language_map))
     print(f"language lens — {model.name}: {len(q.prompts)} prompts; per layer (0 = embeddings) and prompt language: "
           f"the gold answer's median rank in each language, the language share of the top-{args.k} lens tokens, "
           "and the cosine of parallel prompts (vs other facts)\n")
@@ -101,6 +102,20 @@ def cmd_lens_language(args: argparse.Namespace) -> int:
     if args.out:
         print(f"saved to {result.save(args.out, figure=True)}")
     return 0
+
+
+def _language_map(path: Path | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    import json
+
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"--language-map {path} cannot be read as JSON ({err}).") from err
+    if not isinstance(table, dict):
+        raise InputError(f"--language-map {path} should be one JSON object: token -> language.")
+    return table
 
 
 def _beta(text: str) -> float | str:
@@ -170,6 +185,8 @@ def add_parsers(lens: Any) -> None:
     p.add_argument("model")
     _data_arguments(p)
     p.add_argument("--k", type=int, default=10, help="top tokens whose language is counted")
+    p.add_argument("--language-map", type=Path, default=None, help="JSON object token -> language (default: the "
+                   "model folder's languages.json)")
     p.add_argument("--out", type=Path, default=None, help="save the result (and its figure) to this folder")
     p.set_defaults(func=cmd_lens_language)
     p = lens.add_parser("shortcut", help="the linear shortcut from a middle layer to the output: fit, eval or sweep")

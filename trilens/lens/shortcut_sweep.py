@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +30,8 @@ def shortcut_sweep(model: Model, fit_prompts: Sequence[str] | None, prompts: Seq
 
     Args:
         shortcuts: shortcuts already fitted, to evaluate instead (``fit_prompts``, ``layers`` and ``beta`` unused).
-        answers: each prompt's gold answer in its own language (one token).
+        answers: each prompt's gold answer in its own language (one token; a dict language -> answer is read at the
+            prompt's language).
         languages: each prompt's language; ``facts``: which fact each asks (default: the i-th prompt of each language).
         groups: an optional label per prompt (e.g. whether training saw the fact in this language) to break accuracy
             down by.
@@ -52,8 +53,9 @@ def shortcut_sweep(model: Model, fit_prompts: Sequence[str] | None, prompts: Seq
     if groups is not None and len(groups) != len(prompts):
         raise InputError(f"{len(groups)} groups for {len(prompts)} prompts: give one group label per prompt.")
     fact_ids = parallel_facts(languages, facts)
-    _, ids = answer_table(model, answers, languages)
-    ids = ids.max(1).values  # one answer per prompt: its own language's
+    own = [a[lang] if isinstance(a, Mapping) else a for a, lang in zip(answers, languages)]
+    _, ids = answer_table(model, own, languages)
+    ids = ids.max(1).values  # one answer per prompt: its own language's (-1 in every other column)
     states = slot_states(model, prompts, batch_size=batch_size)
     unembed = Unembed(model, stack)
     dtype = unembed.head.weight.dtype

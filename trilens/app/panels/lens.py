@@ -12,14 +12,20 @@ from .. import state
 from ..inputs import AppInput
 from ..lens_data import LENS_STATISTICS
 from .common import chart, downloads, shown_errors
+from .language import language_panel
 
 COLOURS = {"top-1 probability": "Blues", "entropy": "Viridis", "KL to final": "Reds", "target rank": "Viridis_r"}
 
 
 @st.fragment
-def lens_panel(source: str, inp: AppInput, family: str) -> None:
+def lens_panel(source: str, inp: AppInput, family: str, has_languages: bool = False) -> None:
     top = st.columns([1, 3])
-    kind = top[0].radio("lens", ["logit", "tuned"], key="lens", horizontal=True, bind="query-params")
+    kinds = ["logit", "tuned"] + (["by language"] if has_languages and family != "encoder" else [])
+    state.choose("lens", kinds)
+    kind = top[0].radio("lens", kinds, key="lens", horizontal=True, bind="query-params")
+    if kind == "by language":
+        language_panel(source)
+        return
     tuned = ""
     if kind == "tuned":
         tuned = top[1].text_input("tuned lens folder (saved with TunedLens.save)", key="tuned", bind="query-params")
