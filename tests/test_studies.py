@@ -201,7 +201,7 @@ def test_multilinguality_study_quick_run(tmp_path):
     assert len(shared["own_top10_by_layer"]) == 7 and shared["own_top10_by_layer"][-1] == 1.0
     shortcut = ctx.metrics["gpt-bi/shortcut_beta_2.25"]
     # from the last layer the shortcut is the model (the final norm ignores β's scale)
-    assert shortcut["accuracy_other_by_layer"][-1] == pytest.approx(shortcut["model_accuracy_other"])
+    assert shortcut["accuracy_other_by_layer"][-1] == pytest.approx(shortcut["model_accuracy_other"], abs=1e-3)  # rounded
     assert shortcut["fit_error_by_layer"][-1] == 0.0 and shortcut["fit_error_by_layer"][0] > 0.5
     assert (tmp_path / "ml" / "figures" / "gpt-bi_rank.html").exists()
     assert "Shared space" in (tmp_path / "ml" / "summary.md").read_text()
