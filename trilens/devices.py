@@ -55,6 +55,15 @@ def as_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s forward starts: its first parameter that holds data. A model dispatched by ``accelerate``
+    with layers offloaded to disk or CPU keeps those layers' parameters on the meta device until their forward runs."""
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
 def parameters_by_memory(module: torch.nn.Module) -> dict[int, list[torch.nn.Parameter]]:
     """``module``'s parameters (each once) grouped by the memory they lie in: a group of several holds a parameter and
     views into it (a bridge's split q/k/v of GPT-2's ``c_attn``)."""

@@ -152,12 +152,19 @@ def load(
         device: where to put the model (``"cpu"``, ``"cuda"``...); checked to exist.
         dtype: the weights' dtype (``"float32"``, ``"bfloat16"``...).
         trust_remote_code: allow custom modelling code from the checkpoint (off by default).
-        hf_kwargs: passed to ``from_pretrained``.
+        hf_kwargs: passed to ``from_pretrained``; among them accelerate's big-model placement: ``device_map="auto"``
+            or a dict module -> device, ``max_memory={0: "20GiB", "cpu": "60GiB"}`` and ``offload_folder=`` for the
+            layers that fit nowhere (``Model.placement()`` says where each part went). Offloaded layers work where
+            the HF modules compute attention themselves (T5); the bridge of a model with joint q/k/v (GPT-2) or
+            split q/k/v inputs refuses offloading with what to do instead.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = as_dtype(dtype)
     torch_device = as_device(device)
+    if torch_device is not None and hf_kwargs.get("device_map") is not None:
+        raise ModelLoadError("pass either device= or device_map=: a model placed by a device_map stays where "
+                             "accelerate put it.")
     folder: Path | None = None
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
 
@@ -201,10 +208,26 @@ def load(
     hf.eval()
     if torch_device is not None:
         hf.to(torch_device)
-    bridge = build_bridge(hf, str(name))
-    model = Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)
+    offloaded = any(p.device.type == "meta" for p in hf.parameters())
+    try:
+        bridge = build_bridge(hf, str(name))
+        model = Model(bridge, _prepare_tokenizer(tok), arch.family, str(name), has_trained_head=has_head)
+    except (RuntimeError, NotImplementedError) as err:
+        if not offloaded:
+            raise
+        raise ModelLoadError(_offload_refused(hf, arch, err)) from err
     model.language_map = _language_map(folder) if folder is not None else None
     return model
+
+
+def _offload_refused(hf: Any, arch: Architecture, err: Exception) -> str:
+    """Why a model whose layers were offloaded (to disk or CPU, by a device_map) cannot be wrapped."""
+    attention = sorted({type(m).__name__ for m in hf.modules() if type(m).__name__.endswith("Attention")})
+    return (f"{arch.hf_class} cannot run with offloaded layers: TransformerLens's bridge computes its attention "
+            f"({', '.join(attention) or 'attention'}) from views of the weights made at load time, and an offloaded "
+            f"layer's weights exist only while accelerate's hook runs its HF module ({type(err).__name__}: {err}). "
+            "Give max_memory room for every layer on the devices you have (no 'disk' or 'cpu' offload), or load the "
+            "model whole. T5-style models (attention computed by the HF modules) offload.")
 
 
 def _language_map(folder: Path) -> dict[str, str] | None:

@@ -101,7 +101,10 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the device the forward starts on (with a ``device_map``, where the embeddings run)."""
+        from .devices import execution_device
+
+        return execution_device(self.hf_model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -119,8 +122,14 @@ class Model:
             "d_model": self.d_model, "vocab_size": self.vocab_size, "max_length": self.max_length,
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
             "has_trained_head": self.has_trained_head, "site_kinds": self.site_index.kinds,
-            "n_sites": len(self.site_index.names),
+            "n_sites": len(self.site_index.names), "placement": self.placement(),
         }
+
+    def placement(self) -> dict[str, str] | None:
+        """Where each part of the model lives when ``accelerate`` placed it (``trilens.load(..., device_map=...)``):
+        module -> device ("disk" and "cpu" for offloaded layers, which run on the first device); None when whole."""
+        device_map = getattr(self.hf_model, "hf_device_map", None)
+        return {name: str(dev) for name, dev in device_map.items()} if device_map else None
 
     # -- sites -------------------------------------------------------------------------------
     def sites(
@@ -218,7 +227,11 @@ class Model:
         """Move the model to ``device``, the bridge's views into HF's weights kept as views (``nn.Module.to`` alone
         would copy GPT-2's split q/k/v apart from ``c_attn``)."""
         from .devices import as_device, views_kept
+        from .errors import TrilensError
 
+        if self.placement() is not None:
+            raise TrilensError("this model was placed by a device_map (see model.placement()); it stays where "
+                               "accelerate put it: load it again with another device_map, or without one, instead.")
         with views_kept(self.hf_model):
             self.hf_model.to(as_device(device))
         return self

@@ -22,7 +22,9 @@ def model_fingerprint(model: Model) -> str:
     in-place writes per tensor), so results of many small runs do not re-hash the weights each time.
     """
     params = list(model.hf_model.named_parameters())
-    state = (id(model.config), *((id(p), p.data_ptr(), p._version) for _, p in params))
+    # a parameter offloaded by accelerate is a meta tensor between forwards (an inference tensor, without a version,
+    # after a forward under inference_mode); its values live in its offload hook
+    state = (id(model.config), *((id(p), p.data_ptr(), -1 if p.is_inference() else p._version) for _, p in params))
     cached = getattr(model, "_fingerprint", None)
     if cached is not None and cached[0] == state:
         return cached[1]
@@ -30,10 +32,22 @@ def model_fingerprint(model: Model) -> str:
     with torch.inference_mode():
         for name, p in params:
             h.update(name.encode())
-            h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+            h.update(_stored(model.hf_model, name, p).detach().flatten()[:64].float().cpu().numpy().tobytes())
     value = h.hexdigest()[:32]
     model._fingerprint = (state, value)
     return value
+
+
+def _stored(hf: torch.nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
+    """A parameter's values: where ``accelerate`` offloaded it to disk or CPU (it is on the meta device until its
+    module runs), the values its hook keeps for it, so an offloaded model hashes as the same model loaded whole."""
+    if p.device.type != "meta":
+        return p
+    owner, _, local = name.rpartition(".")
+    weights = getattr(getattr(hf.get_submodule(owner), "_hf_hook", None), "weights_map", None)
+    if weights is None or local not in weights:
+        raise RuntimeError(f"parameter {name} is on the meta device and no offload hook holds its values.")
+    return weights[local]
 
 
 def jsonable(value: Any) -> Any:

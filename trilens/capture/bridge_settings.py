@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..devices import execution_device
+
 from ..errors import SiteError
 
 
@@ -36,7 +38,7 @@ def _probe_batch(hf: Any, family: str) -> dict[str, torch.Tensor]:
     config = hf.config
     vocab = config.vocab_size
     pad = config.pad_token_id if config.pad_token_id is not None else 0
-    device = next(hf.parameters()).device
+    device = execution_device(hf)
     ids = torch.tensor([[(pad + 1) % vocab, (pad + 2) % vocab]], device=device)
     kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if family == "encoder-decoder":

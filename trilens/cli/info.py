@@ -17,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info['name']}  ({info['architecture']}, {info['family']})")
     print(f"  d_model {info['d_model']}, vocabulary {info['vocab_size']}, context {info['max_length'] or 'unbounded'}, "
           f"{info['dtype']} on {info['device']}" + ("" if info["has_trained_head"] else ", untrained LM head"))
+    if info.get("placement"):
+        print("  placement (accelerate): " + ", ".join(f"{m or 'all'} -> {d}" for m, d in info["placement"].items()))
     print(f"  {'stack':<10}{'layers':>8}{'heads':>8}")
     for stack, s in info["stacks"].items():
         print(f"  {stack:<10}{s['layers']:>8}{s['heads']:>8}")
