@@ -123,6 +123,17 @@ def test_attention_steps_command(tiny_path, tmp_path, capsys):
     assert main(["attention", "steps", str(tiny_path("gpt2")), "--texts", str(mixed), "--out", str(tmp_path / "x")]) == 2
     assert "mixes plain texts and source/target pairs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["the cat sat", "a dog"], "continuation": ["on the mat", "was here"]}),
+                   tmp_path / "t.parquet")
+    assert main(["attention", "steps", str(tiny_path("gpt2")), "--dataset", str(tmp_path / "t.parquet"), "--text-column",
+                 "prompt", "--target-column", "continuation", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    from_data = load_result(tmp_path / "d")
+    assert from_data.to_frame().equals(result.to_frame())
+    assert main(["attention", "steps", str(tiny_path("gpt2")), "--out", str(tmp_path / "y")]) == 2
+    assert "pass one of --texts FILE" in capsys.readouterr().err
 
 
 def test_attention_relevancy_command(tiny_path, tmp_path, capsys):

@@ -109,3 +109,36 @@ def test_probe_command_reads_parquet_as_it_reads_json_lines(sources, tiny_path, 
     assert capsys.readouterr().out == from_jsonl and "6 examples" in from_jsonl
     assert main(["probe", model, "--data", str(sources["dict folder"]), *common]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_attribution_attention_steps_and_patching_read_data_sources(tiny, tmp_path):
+    import torch
+
+    from trilens.attention import attention_steps
+    from trilens.attribution import attribute
+    from trilens.patching import attribution_patching, patching_sweep
+    from trilens.sources import read_pairs
+
+    gpt, t5 = tiny("gpt2"), tiny("t5")
+    prompts, targets = ["the cat sat on the", "a dog was"], ["mat", "here"]
+    pq.write_table(pa.table({"sentence": prompts, "continuation": targets}), tmp_path / "p.parquet")
+    data = tmp_path / "p.parquet"
+    a = attribute(gpt, data, text_column="sentence", target_column="continuation", method="saliency")
+    assert a.to_frame().equals(attribute(gpt, prompts, targets, method="saliency").to_frame())
+    pairs = datasets.Dataset.from_dict({"text": prompts, "target": targets})
+    b = attention_steps(t5, pairs, target_column="target", sensitivity=None)
+    ref = attention_steps(t5, list(zip(prompts, targets)), sensitivity=None)
+    assert torch.equal(b.valid, ref.valid)
+    assert all(torch.allclose(b.metrics[k], ref.metrics[k], rtol=0, atol=0, equal_nan=True) for k in ref.metrics)
+    clean, corrupted = ["the cat sat on the mat", "a dog was big"], ["the dog sat on the mat", "a cat was big"]
+    swap = datasets.Dataset.from_dict({"clean": clean, "corrupted": corrupted})
+    s = patching_sweep(gpt, swap, None, "kl", progress=False)
+    assert s.to_frame().equals(patching_sweep(gpt, clean, corrupted, "kl", progress=False).to_frame())
+    atp = attribution_patching(gpt, swap, None, "kl")
+    assert atp.to_frame().equals(attribution_patching(gpt, clean, corrupted, "kl").to_frame())
+    named = datasets.Dataset.from_dict({"a": clean, "b": corrupted})
+    assert read_pairs(named, clean_column="a", corrupted_column="b") == (clean, corrupted)
+    with pytest.raises(InputError, match="no column 'clean'; its columns are a, b"):
+        patching_sweep(gpt, named, None, "kl", progress=False)
+    with pytest.raises(InputError, match="pass corrupted=None"):
+        patching_sweep(gpt, swap, corrupted, "kl", progress=False)

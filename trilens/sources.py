@@ -161,3 +161,24 @@ def _json_rows(path: Path) -> list[dict[str, Any]]:
     if any(not isinstance(r, dict) for r in rows):
         raise InputError(f"{path}: every row must be a JSON object with named fields, such as \"text\".")
     return rows
+
+
+def model_inputs(source: Any, family: str, *, split: str | None = None, text_column: str = "text",
+                 target_column: str | None = None) -> tuple[list[Any], list[Any] | None]:
+    """(inputs, targets) for an analysis that takes inputs and optional targets: an encoder-decoder reads
+    (source, target) pairs and no separate targets; other models read the texts, and the targets (a continuation of
+    a prompt, an encoder's mask token) from ``target_column``."""
+    rows = read_rows(source, split=split, text_column=text_column, target_column=target_column)
+    if target_column is None or family == "encoder-decoder":
+        return rows.inputs, None
+    return [x for x, _ in rows.inputs], [t for _, t in rows.inputs]
+
+
+def read_pairs(source: Any, *, split: str | None = None, clean_column: str = "clean",
+               corrupted_column: str = "corrupted") -> tuple[list[Any], list[Any]]:
+    """(clean, corrupted) inputs for patching, one pair per row of a data source."""
+    values = read_columns(source, [clean_column, corrupted_column], split=split)
+    if not values[clean_column]:
+        raise InputError("the data has no rows.")
+    return values[clean_column], values[corrupted_column]
+

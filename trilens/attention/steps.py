@@ -10,6 +10,7 @@ import torch
 from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
 from ..provenance import provenance
+from ..sources import is_source, model_inputs
 from .sensitivity import source_sensitivity
 from .step_metrics import cross_step_metrics, self_step_metrics, uniform_source_mass
 from .steps_result import AttentionStepsResult
@@ -57,6 +58,9 @@ def attention_steps(
     batch_size: int = 16,
     truncate: bool = False,
     progress: bool = False,
+    split: str | None = None,
+    text_column: str = "text",
+    target_column: str | None = None,
     **generate_kwargs: Any,
 ) -> AttentionStepsResult:
     """Per layer, head and generation step: where the decoder's attention goes, and how sensitive its attention output
@@ -64,13 +68,18 @@ def attention_steps(
 
     Args:
         inputs: prompts (decoder-only) or sources (encoder-decoder; ``(source, target)`` pairs also work); or the
-            ``StepInputs`` of an earlier run (``steps_input.step_inputs``), to measure the same steps.
+            ``StepInputs`` of an earlier run (``steps_input.step_inputs``), to measure the same steps; or a data
+            source (``datasets`` object, ``save_to_disk`` folder, Parquet, JSON lines or CSV as a ``Path``) whose
+            ``text_column`` (and ``target_column``) are read from ``split``.
         targets: one text per input, teacher-forced; without them the model generates greedily first
             (``max_new_tokens``, other ``generate`` arguments pass through).
         sensitivity: ``"auto"``, ``"exact"``, ``"estimate"`` (``probes`` random directions, ``seed``), or ``None``
             to skip it (see ``trilens.attention.sensitivity``).
         batch_size: inputs per traced forward pass.
     """
+    if is_source(inputs):
+        inputs, targets = model_inputs(inputs, model.family, split=split, text_column=text_column,
+                                       target_column=target_column)
     steps = inputs if isinstance(inputs, StepInputs) else step_inputs(
         model, inputs, targets, max_new_tokens=max_new_tokens, truncate=truncate, **generate_kwargs)
     metrics = pattern_metrics(model, steps, batch_size)

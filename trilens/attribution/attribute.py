@@ -18,6 +18,7 @@ from ..capture.grad_hooks import embedding_modules
 from ..capture.objectives import token_id
 from ..errors import InputError
 from ..provenance import jsonable, provenance
+from ..sources import is_source, model_inputs
 from .forward import StepForward
 from .methods import MethodSpec, check_step_scores, method_spec
 from .result import AttributionResult
@@ -36,12 +37,16 @@ def attribute(model: Model, inputs: Any, targets: Any = None, *, method: str = "
               include_target: bool = True, n_steps: int = 50, method_args: dict[str, Any] | None = None,
               position: Any = None, batch_size: int = 8, internal_batch_size: int | None = None,
               step_batch: int | None = None, max_new_tokens: int = 20, progress: bool = False, truncate: bool = False,
+              split: str | None = None, text_column: str = "text", target_column: str | None = None,
               **generate_kwargs: Any) -> AttributionResult:
     """Per input and step, the attribution of the step's score to every source (and target-prefix) token.
 
     Args:
         inputs: prompts (decoder-only), sources or ``(source, target)`` pairs (encoder-decoder), texts with mask tokens
-            (encoder-only: every mask is a step), or the ``StepInputs`` of an earlier run.
+            (encoder-only: every mask is a step), or the ``StepInputs`` of an earlier run; or a data source (a
+            ``datasets`` object, a ``save_to_disk`` folder, Parquet, JSON lines or CSV as a ``Path``) whose
+            ``text_column`` (and ``target_column``: the targets, or an encoder-decoder's target side) are read from
+            ``split``.
         targets: one target per input (a text continuing the prompt, or token ids), teacher-forced; encoder-only: the
             token for each mask (one, or a list per input). None: the model generates greedily first
             (``max_new_tokens``, ``generate_kwargs``); an encoder's top prediction at each mask.
@@ -66,6 +71,9 @@ def attribute(model: Model, inputs: Any, targets: Any = None, *, method: str = "
         step_batch: steps per batched backward pass (see ``model.gradients``).
     """
     spec = method_spec(method)
+    if is_source(inputs):
+        inputs, targets = model_inputs(inputs, model.family, split=split, text_column=text_column,
+                                       target_column=target_column)
     if not model.has_trained_head:
         raise InputError(f"{model.name} has no trained LM head: there is no predicted token's score to attribute. Load "
                          "a model with its language-modelling head.")

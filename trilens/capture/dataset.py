@@ -170,13 +170,15 @@ def capture_dataset(
     _prepare_dir(out, spec, resume=resume, overwrite=overwrite, sharded=shard is not None)
 
     mine = [k for k in range(n_shards) if k % n_parts == part]
-    bar = tqdm(total=None, unit="tok", unit_scale=True, desc=f"capture {part}/{n_parts}" if n_parts > 1 else "capture",
-               disable=not progress)
+    blocks = {k: range(k * texts_per_shard, min(len(texts), (k + 1) * texts_per_shard)) for k in mine}
+    bar = tqdm(total=sum(len(b) for b in blocks.values()), unit="row", unit_scale=True,
+               desc=f"capture {part}/{n_parts}" if n_parts > 1 else "capture", disable=not progress)
+    tokens = 0
     try:
-        for k in mine:
-            block = range(k * texts_per_shard, min(len(texts), (k + 1) * texts_per_shard))
+        for k, block in blocks.items():
             if _finished(out, k):
                 log.info("shard %d already written; skipping", k)
+                bar.update(len(block))
                 continue
             rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
             ids: dict[str, list[torch.Tensor]] = {s: [] for s in stacks}
@@ -191,7 +193,9 @@ def capture_dataset(
                     lengths[s].extend(mask.sum(1).tolist())
                 for n in names:
                     rows[n].append(cache[n][cache.masks[site_info[n]["stack"]]])
-                bar.update(int(cache.masks[stacks[0]].sum()))
+                tokens += int(cache.masks[stacks[0]].sum())
+                bar.update(len(chunk))
+                bar.set_postfix(tokens=tokens, refresh=False)
             tensors = {f"act/{n}": torch.cat(v).contiguous() for n, v in rows.items()}
             tensors.update({f"ids/{s}": torch.cat(v).contiguous() for s, v in ids.items()})
             _write_shard(out, k, block, tensors, lengths)

@@ -31,7 +31,16 @@ def cmd_attention_steps(args: argparse.Namespace) -> int:
     from ..viz import write_html
 
     model = trilens.load(args.model)
-    inputs, targets = _split(read_texts(args.texts))
+    if (args.texts is None) == (args.dataset is None):
+        raise InputError("pass one of --texts FILE (one text per line, or JSON lines) and --dataset PATH (a datasets "
+                         "folder, Parquet, JSON lines or CSV read by column).")
+    if args.dataset is not None:
+        from ..sources import model_inputs
+
+        inputs, targets = model_inputs(args.dataset, "decoder", split=args.split, text_column=args.text_column,
+                                       target_column=args.target_column)  # prompts and targets, for every family
+    else:
+        inputs, targets = _split(read_texts(args.texts))
     sensitivity = None if args.sensitivity == "none" else args.sensitivity
     result = attention_steps(model, inputs, targets, max_new_tokens=args.max_new_tokens, sensitivity=sensitivity,
                              probes=args.probes, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
@@ -87,9 +96,14 @@ def add_parser(sub: Any) -> None:
     attention = sub.add_parser("attention", help="attention over generation steps; relevancy, rollout, flow").add_subparsers(dest="attention", required=True)
     p = attention.add_parser("steps", help="per-step attention metrics and source sensitivity (after Fu et al. 2023)")
     p.add_argument("model")
-    p.add_argument("--texts", type=Path, required=True,
+    p.add_argument("--texts", type=Path, default=None,
                    help="prompts/sources one per line (the model generates), or JSON lines with \"text\", or with "
                         "\"source\" and \"target\" (teacher-forced; for decoder-only models the target continues the source)")
+    p.add_argument("--dataset", type=Path, default=None, help="instead of --texts: a datasets folder, Parquet, JSON "
+                   "lines or CSV, read by column")
+    p.add_argument("--split", default=None, help="the split of a datasets folder with several")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--target-column", default=None, help="teacher-forced targets (default: the model generates)")
     p.add_argument("--out", type=Path, required=True, help="folder for the result and its figures")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--sensitivity", choices=["auto", "exact", "estimate", "none"], default="auto")

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import InputError
 from ..provenance import provenance
+from ..sources import is_source, read_pairs
 from .cells import Panel, pair_batches, panels
 from .metrics import ResolvedMetric, as_metric, describe, resolve
 from .result import PatchingResult, stack_tokens
@@ -65,6 +66,11 @@ def prepare(model: Model, clean: Any, corrupted: Any, metric: Any, *, sites: str
     ``extra_sites(panels)`` adds) and bind the metric."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}.")
+    if is_source(clean):  # a data source with columns "clean" and "corrupted" (others: trilens.sources.read_pairs)
+        if corrupted is not None:
+            raise InputError("a data source holds both runs (columns clean and corrupted): pass corrupted=None, or "
+                             "read other columns with trilens.sources.read_pairs(source, clean_column=..., ...).")
+        clean, corrupted = read_pairs(clean)
     spec = as_metric(metric)
     cb, kb, aligned = pair_batches(model, clean, corrupted)
     panel_list = panels(model, sites, heads, positions, cb, kb, aligned, stacks)
