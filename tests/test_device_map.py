@@ -65,3 +65,15 @@ def test_a_bridge_with_its_own_weight_views_refuses_offloading(tiny_path, tmp_pa
         trilens.load(path, device_map="auto", max_memory={"cpu": int(size * 0.6)}, offload_folder=str(tmp_path))
     with pytest.raises(ModelLoadError, match="either device= or device_map="):
         trilens.load(path, device="cpu", device_map="auto")
+
+
+def test_gpu_check_says_there_is_no_gpu_and_stops():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: benchmarks/gpu_check.py runs the check itself")
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no CUDA device here" in done.stdout
