@@ -86,7 +86,8 @@ class SiteMap:
         self._late: dict[str, Any] | None = None
         if model.family == "decoder" and int(self.positions.min()) > 0:
             self._late = self._late_start()
-            late_y = self(self.x0)
+            with torch.no_grad():
+                late_y = self(self.x0)
             if not torch.allclose(late_y, self.y0, rtol=1e-4, atol=1e-5 * float(self.y0.abs().max())):
                 self._late = None
 
