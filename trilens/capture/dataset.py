@@ -128,6 +128,10 @@ def capture_dataset(
     split: str | None = None,
     text_column: str = "text",
     target_column: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    num_workers: int = 2,
+    gpus_per_worker: float = 0,
 ) -> ActivationStore | None:
     """Capture per-token ``sites`` for every text into ``out_dir``; returns the store once it is complete.
 
@@ -141,6 +145,10 @@ def capture_dataset(
         resume: continue a matching capture already in ``out_dir``, skipping verified shards.
         overwrite: replace whatever ``out_dir`` holds.
         shard: ``(i, n)`` or ``"i/n"``: do only this process's share; returns None until all parts exist.
+        engine: ``"local"`` (this process) or ``"ray"``: the shards are written by a Ray Data actor pool of
+            ``num_workers`` workers (each loads the model once, with ``gpus_per_worker`` GPUs), on the cluster at
+            ``address`` (``"auto"``: the one ``ray start`` began; None: a local one unless Ray is already running).
+            Same store, same bytes; failed workers' shards are retried by Ray, and a re-run with ``resume`` goes on.
     """
     if is_source(texts):
         texts = read_rows(texts, split=split, text_column=text_column, target_column=target_column).inputs
@@ -148,6 +156,12 @@ def capture_dataset(
         raise InputError("capture_dataset needs a non-empty sequence of texts.")
     if batch_size < 1 or texts_per_shard < 1:
         raise InputError("batch_size and texts_per_shard must be at least 1.")
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be 'local' or 'ray', not {engine!r}.")
+    if engine == "ray":
+        from .ray_engine import check_ray
+
+        check_ray(model, num_workers, gpus_per_worker)
     names = model.site_index.resolve(sites)
     ragged = [n for n in names if model.site_index.site(n).kind in PATTERN_KINDS]
     if ragged:
@@ -157,9 +171,7 @@ def capture_dataset(
     store_dtype = as_dtype(dtype) or model.dtype
     site_info = {n: {"stack": s.stack, "layer": s.layer, "kind": s.kind}
                  for n, s in ((n, model.site_index.site(n)) for n in names)}
-    pairs = model.family == "encoder-decoder" and isinstance(texts[0], tuple)  # as in inputs.encode
-    stacks = sorted({info["stack"] for info in site_info.values()} | ({"encoder", "decoder"} if pairs else set())
-                    or {model.stacks[0]}, key=model.stacks.index)
+    stacks = _stacks(model, names, texts)
     n_shards = (len(texts) + texts_per_shard - 1) // texts_per_shard
     spec = {"format": FORMAT, "model": {"name": model.name, "architecture": model.architecture, "family": model.family,
                                         "fingerprint": model_fingerprint(model)},
@@ -171,34 +183,59 @@ def capture_dataset(
 
     mine = [k for k in range(n_shards) if k % n_parts == part]
     blocks = {k: range(k * texts_per_shard, min(len(texts), (k + 1) * texts_per_shard)) for k in mine}
+    if engine == "ray":
+        from .ray_engine import capture_on_ray
+
+        todo = [k for k in mine if not _finished(out, k)]
+        capture_on_ray(model, texts, todo, out, names=names, batch_size=batch_size, texts_per_shard=texts_per_shard,
+                       dtype=store_dtype, truncate=truncate, address=address, num_workers=num_workers,
+                       gpus_per_worker=gpus_per_worker, progress=progress)
+        return ActivationStore(out) if merge(out) is not None else None
     bar = tqdm(total=sum(len(b) for b in blocks.values()), unit="row", unit_scale=True,
                desc=f"capture {part}/{n_parts}" if n_parts > 1 else "capture", disable=not progress)
-    tokens = 0
     try:
         for k, block in blocks.items():
             if _finished(out, k):
                 log.info("shard %d already written; skipping", k)
                 bar.update(len(block))
                 continue
-            rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-            ids: dict[str, list[torch.Tensor]] = {s: [] for s in stacks}
-            lengths: dict[str, list[int]] = {s: [] for s in stacks}
-            for start in range(block.start, block.stop, batch_size):
-                chunk = list(texts[start:min(block.stop, start + batch_size)])
-                cache = trace(model, chunk, names, dtype=store_dtype, device="cpu", truncate=truncate,
-                              logits=False, tokens=False)
-                for s in stacks:
-                    mask = cache.masks[s]
-                    ids[s].append(cache.ids[s][mask].to(torch.int32))
-                    lengths[s].extend(mask.sum(1).tolist())
-                for n in names:
-                    rows[n].append(cache[n][cache.masks[site_info[n]["stack"]]])
-                tokens += int(cache.masks[stacks[0]].sum())
-                bar.update(len(chunk))
-                bar.set_postfix(tokens=tokens, refresh=False)
-            tensors = {f"act/{n}": torch.cat(v).contiguous() for n, v in rows.items()}
-            tensors.update({f"ids/{s}": torch.cat(v).contiguous() for s, v in ids.items()})
-            _write_shard(out, k, block, tensors, lengths)
+            capture_shard(model, texts, k, block, out, names=names, batch_size=batch_size, dtype=store_dtype,
+                          truncate=truncate, bar=bar)
     finally:
         bar.close()
     return ActivationStore(out) if merge(out) is not None else None
+
+
+def _stacks(model: Model, names: list[str], texts: Sequence[Any]) -> list[str]:
+    """The stacks a store records token ids for: the sites' stacks, and both for (source, target) pairs."""
+    pairs = model.family == "encoder-decoder" and isinstance(texts[0], tuple)  # as in inputs.encode
+    found = {model.site_index.site(n).stack for n in names} | ({"encoder", "decoder"} if pairs else set())
+    return sorted(found or {model.stacks[0]}, key=model.stacks.index)
+
+
+def capture_shard(model: Model, texts: Sequence[Any], k: int, block: range, out: Path, *, names: list[str],
+                  batch_size: int, dtype: torch.dtype, truncate: bool, bar: Any = None) -> None:
+    """Trace the texts of ``block`` in batches and write them as shard ``k`` (atomically): the same bytes whichever
+    process or worker writes it."""
+    site_stacks = {n: model.site_index.site(n).stack for n in names}
+    stacks = _stacks(model, names, texts)
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    ids: dict[str, list[torch.Tensor]] = {s: [] for s in stacks}
+    lengths: dict[str, list[int]] = {s: [] for s in stacks}
+    tokens = 0
+    for start in range(block.start, block.stop, batch_size):
+        chunk = list(texts[start:min(block.stop, start + batch_size)])
+        cache = trace(model, chunk, names, dtype=dtype, device="cpu", truncate=truncate, logits=False, tokens=False)
+        for s in stacks:
+            mask = cache.masks[s]
+            ids[s].append(cache.ids[s][mask].to(torch.int32))
+            lengths[s].extend(mask.sum(1).tolist())
+        for n in names:
+            rows[n].append(cache[n][cache.masks[site_stacks[n]]])
+        tokens += int(cache.masks[stacks[0]].sum())
+        if bar is not None:
+            bar.update(len(chunk))
+            bar.set_postfix(tokens=tokens, refresh=False)
+    tensors = {f"act/{n}": torch.cat(v).contiguous() for n, v in rows.items()}
+    tensors.update({f"ids/{s}": torch.cat(v).contiguous() for s, v in ids.items()})
+    _write_shard(out, k, block, tensors, lengths)

@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     store = capture_dataset(model, texts, args.sites, args.out, batch_size=args.batch_size,
                             texts_per_shard=args.texts_per_shard, dtype=args.dtype, resume=args.resume,
                             overwrite=args.overwrite, shard=args.shard, truncate=args.truncate,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, engine=args.engine, address=args.address,
+                            num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker)
     if store is None:
         print(f"part {args.shard} written to {args.out}; the store is complete once every part has run.")
     else:
@@ -51,4 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: a Ray Data actor pool writes the shards (pip install 'trilens[ray]')")
+    p.add_argument("--address", default=None, help="ray: the cluster ('auto': the one `ray start` began; default: "
+                   "a local one)")
+    p.add_argument("--num-workers", type=int, default=2, help="ray: workers, each with the model loaded once")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs per worker (0: CPU workers)")
     p.set_defaults(func=run)
