@@ -104,17 +104,22 @@ def _setup(model: Model, clean: Any, corrupted: Any, metric: Any, step: int | No
                              f"corrupted {stack} inputs of some pair differ in token length: write the corrupted input "
                              "with as many tokens as the clean one.")
     # the residual stream as a sum of every sender before (pre-norm), or with a node per norm (post-norm): one trace
-    # holds what both layouts read, and the first whose sums hold on the model is kept
+    # holds what both layouts read, and the first whose sums hold on the model is kept (in float16/bfloat16, whose
+    # sums hold only to rounding, the one whose sums hold most closely)
     layouts = [build_graph(model, post_norm) for post_norm in (False, True)]
     sites = [s for s in dict.fromkeys(s for g in layouts for s in g.sites) if s in model.site_index]
     corrupted_run = model.trace(corrupted, sites=sites)
-    for i, graph in enumerate(layouts):
+    checked, refusal = [], None
+    for layout in layouts:
         try:
-            graph = check_graph(model, graph, corrupted_run)
+            checked.append(check_graph(model, layout, corrupted_run))
+        except InputError as err:
+            refusal = err
+        if checked and model.dtype.itemsize >= 4:
             break
-        except InputError:
-            if i == len(layouts) - 1:
-                raise
+    if not checked:
+        raise refusal
+    graph = min(checked, key=lambda found: found[1])[0]
     clean_run = model.trace(clean, sites=graph.sites)
     cb, kb = cb.to(model.device), kb.to(model.device)
     bound = resolve(model, kb, spec, clean_run.logits, corrupted_run.logits, step)

@@ -189,53 +189,67 @@ def build_graph(model: Model, post_norm: bool = False) -> Graph:
     return Graph(groups, receivers)
 
 
-def check_graph(model: Model, graph: Graph, run: ActivationCache) -> Graph:
+def check_graph(model: Model, graph: Graph, run: ActivationCache) -> tuple[Graph, float]:
     """The graph with each receiver's senders as the model has them, checked on ``run`` (a trace at ``graph.sites``):
     a receiver reads the earlier senders whose outputs sum to its input (a block's MLP reads the attention heads of
     its own layer, or, in parallel blocks such as GPT-NeoX's, does not). Refuses a model whose residual stream is not a
-    sum of its senders' outputs."""
+    sum of its senders' outputs. Also returns the largest relative error of the sums (rounding, in float16/bfloat16)."""
     acts = {s: run[s].double() for s in graph.sites if s in run.keys()}
+    # sums of float16/bfloat16 outputs differ from the input they make by rounding, a few of the dtype's eps
+    tolerance = max(MATCH_TOLERANCE, 4 * torch.finfo(model.dtype).eps)
     missing = [s for s in graph.sites if s not in acts]
     if missing:
         raise InputError(f"edge attribution needs the site {missing[0]}, which this {model.architecture} does not have.")
     layer_out = {}
+    worst = 0.0
+
+    def close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> bool:
+        nonlocal worst
+        error = _error(a, b, scale)
+        worst = max(worst, error)
+        return error <= tolerance
+
     for i, g in enumerate(graph.groups):
         layer_out[i] = acts[g.check_site] if g.check_site else acts[g.site]
         if g.w_out is not None:  # the heads' outputs sum to the attention output, up to the projection's bias
             summed = graph.outputs(g, acts[g.site]).sum(1)
             bias = layer_out[i] - summed
-            if not _close(bias, bias[:1, :1].expand_as(bias), layer_out[i]):
+            if not close(bias, bias[:1, :1].expand_as(bias), layer_out[i]):
                 raise _not_additive(model, f"the heads at {g.site} times W_O do not sum to {g.check_site}")
     fixed = []
     for rec in graph.receivers:
         if rec.kind == "cross_kv":
             for s in rec.sites:
-                if not _close(acts[s], acts[graph.groups[rec.groups[0]].site], acts[s]):
+                if not close(acts[s], acts[graph.groups[rec.groups[0]].site], acts[s]):
                     raise _not_additive(model, f"{s} is not the encoder output")
             fixed.append(rec)
             continue
         same_layer = [g for g in rec.groups if graph.groups[g].layer == rec.layer and graph.groups[g].stack == rec.stack]
         before = [g for g in rec.groups if g not in same_layer]
-        chosen = None
-        for j in range(len(same_layer) + 1):  # the fewest of this layer's writes (parallel blocks: none) that sum up
-            cand = before + same_layer[:j]
-            total = sum(layer_out[g] for g in cand)
-            if all(_close(total, acts[s], acts[s], bias_free=True) for s in rec.sites):  # q, k and v inputs alike
-                chosen = cand
-                break
-        if chosen is None:
+        # the writes of this layer (parallel blocks: none) whose sum with the earlier ones is closest to the input:
+        # exact in float32; in float16/bfloat16 the right sum is off by rounding, a missing write by its own size
+        errors = []
+        for j in range(len(same_layer) + 1):
+            total = sum(layer_out[g] for g in before + same_layer[:j])
+            errors.append(max(_error(total, acts[s], acts[s], bias_free=True) for s in rec.sites))  # q, k, v alike
+        exact = [j for j, e in enumerate(errors) if e <= MATCH_TOLERANCE]  # float32: the fewest writes that sum up
+        best = exact[0] if exact else min(range(len(errors)), key=errors.__getitem__)
+        if errors[best] > tolerance:
             raise _not_additive(model, f"the input of {rec.name} ({rec.sites[0]}) is not a sum of the outputs before it")
+        chosen = before + same_layer[:best]
+        worst = max(worst, errors[best])
         fixed.append(replace(rec, groups=tuple(chosen)))
-    return Graph(graph.groups, fixed)
+    return Graph(graph.groups, fixed), worst
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias_free: bool = False) -> bool:
-    """``a`` equals ``b`` to ``MATCH_TOLERANCE`` of ``scale``'s size; ``bias_free``: up to a constant vector (the
+def _error(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias_free: bool = False) -> float:
+    """How far ``a`` is from ``b``, relative to ``scale``'s size; ``bias_free``: up to a constant vector (the
     projections' biases, the same at every position and row)."""
     diff = a - b
     if bias_free:
         diff = diff - diff[:1, :1]
-    return float(diff.abs().max()) <= MATCH_TOLERANCE * max(float(scale.abs().max()), 1.0)
+    return float(diff.abs().max()) / max(float(scale.abs().max()), 1.0)
+
 
 
 def _not_additive(model: Model, what: str) -> InputError:

@@ -1,0 +1,81 @@
+"""bfloat16 (issue 26): every analysis runs on a model loaded in bfloat16, and its results stay within a stated
+tolerance of the same analysis in float32, on the trained zoo models (random weights would make the tolerances
+meaningless: their sublayer outputs sit below bfloat16's rounding of the residual stream)."""
+
+import numpy as np
+import pytest
+import torch
+
+import trilens
+from trilens import StepScores
+from trilens.attention import attention_steps
+from trilens.attribution import attribute
+from trilens.lens import LinearShortcut, logit_lens
+from trilens.patching import attribution_patching, edge_attribution, patching_sweep
+
+INPUTS = {"zoo:gpt": ["not ( T and F ) =", "( T or F ) and T =", "the key to the cabinets"],
+          "zoo:t5": [("( T and F ) =", "F"), ("a b c d >", "d c b a"), ("not ( F or F ) =", "T")]}
+PAIRS = {"zoo:gpt": (["not ( T and F ) ="], ["not ( T and T ) ="]),
+         "zoo:t5": ([("( T and F ) =", "F")], [("( T and T ) =", "F")])}
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest difference, relative to the float32 values' largest size."""
+    a, b = a.float().nan_to_num(), b.float().nan_to_num()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="module", params=["zoo:gpt", "zoo:t5"])
+def both(request):
+    return request.param, trilens.load(request.param), trilens.load(request.param, dtype="bfloat16")
+
+
+def test_forward_trace_and_generation(both):
+    name, f32, b16 = both
+    assert b16.dtype == torch.bfloat16
+    inputs = INPUTS[name]
+    logits, ref = b16.run(inputs), f32.run(inputs)
+    assert relative(logits, ref) < 0.03
+    assert float((logits.argmax(-1) == ref.argmax(-1)).float().mean()) > 0.9
+    a, b = b16.trace(inputs, sites="resid"), f32.trace(inputs, sites="resid")
+    assert max(relative(a[k], b[k]) for k in b.keys()) < 0.03
+    sources = [x[0] if isinstance(x, tuple) else x for x in inputs]
+    ga, gb = b16.generate(sources, max_new_tokens=4), f32.generate(sources, max_new_tokens=4)
+    assert float((ga.sequences == gb.sequences).float().mean()) > 0.8
+
+
+def test_gradients_lens_and_attribution(both):
+    name, f32, b16 = both
+    inputs = INPUTS[name]
+    ra, rb = b16.gradients(inputs, StepScores(), sites="resid_post"), f32.gradients(inputs, StepScores(), sites="resid_post")
+    assert max(relative(ra.grads[k], rb.grads[k]) for k in rb.grads) < 0.15
+    la, lb = logit_lens(b16, inputs), logit_lens(f32, inputs)
+    kl_a, kl_b = la.metrics["kl"].nan_to_num(), lb.metrics["kl"].nan_to_num()  # nats, computed in float32
+    assert bool(((kl_a - kl_b).abs() <= 0.15 * kl_b + 0.05).all())
+    assert la.metrics["kl"].dtype == torch.float32
+    aa = attribute(b16, inputs, method="ig", n_steps=8).to_frame()["value"].to_numpy()
+    ab = attribute(f32, inputs, method="ig", n_steps=8).to_frame()["value"].to_numpy()
+    assert np.abs(aa - ab).max() / np.abs(ab).max() < 0.2 and np.corrcoef(aa, ab)[0, 1] > 0.99
+
+
+def test_attention_patching_edges_and_the_shortcut(both):
+    name, f32, b16 = both
+    sources = [x[0] if isinstance(x, tuple) else x for x in INPUTS[name]]
+    sa = attention_steps(b16, sources, max_new_tokens=4, sensitivity=None)
+    sb = attention_steps(f32, sources, max_new_tokens=4, sensitivity=None)
+    assert torch.equal(sa.valid, sb.valid) and max(relative(sa.metrics[k], sb.metrics[k]) for k in sb.metrics) < 0.1
+    clean, corrupted = PAIRS[name]
+    pa = patching_sweep(b16, clean, corrupted, "kl", progress=False).to_frame()["value"].to_numpy()
+    pb = patching_sweep(f32, clean, corrupted, "kl", progress=False).to_frame()["value"].to_numpy()
+    assert np.abs(pa - pb).max() / np.abs(pb).max() < 0.1
+    atp_a = attribution_patching(b16, clean, corrupted, "kl").to_frame()["value"].to_numpy()
+    atp_b = attribution_patching(f32, clean, corrupted, "kl").to_frame()["value"].to_numpy()
+    assert np.corrcoef(atp_a, atp_b)[0, 1] > 0.99
+    ea = edge_attribution(b16, clean, corrupted, "kl", steps=2, progress=False).to_frame()
+    eb = edge_attribution(f32, clean, corrupted, "kl", steps=2, progress=False).to_frame()
+    merged = eb.merge(ea, on=["sender", "receiver"], suffixes=("", "_bf16"))
+    assert len(merged) == len(ea) == len(eb)  # the same graph: every sum holds to bfloat16's rounding
+    assert np.corrcoef(merged["score"], merged["score_bf16"])[0, 1] > 0.999
+    wa = LinearShortcut.fit(b16, sources, layer=1, progress=False).W
+    wb = LinearShortcut.fit(f32, sources, layer=1, progress=False).W
+    assert wa.dtype == torch.float32 and relative(wa, wb) < 0.05
