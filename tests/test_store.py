@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from trilens import ActivationStore, capture_dataset
-from trilens.capture import dataset as dataset_module
+from trilens.capture import shards as shards_module
 from trilens.errors import InputError, StoreError, TrilensError
 
 TEXTS = ["the cat sat on the mat", "x y z", "she was here", "a b", "one two three four five six",
@@ -69,7 +69,7 @@ def test_encoder_decoder_pairs_and_dtype(tiny, tmp_path):
 def test_resume_after_interruption_skips_finished_shards(tiny, tmp_path, monkeypatch):
     model = tiny("gpt2")
     whole = capture_dataset(model, TEXTS, "resid_post", tmp_path / "whole", texts_per_shard=4, progress=False)
-    real_write = dataset_module._write_shard
+    real_write = shards_module._write_shard
     calls = []
 
     def flaky(out, k, *args):
@@ -78,7 +78,7 @@ def test_resume_after_interruption_skips_finished_shards(tiny, tmp_path, monkeyp
             raise Crash("stopped while writing the third shard")
         return real_write(out, k, *args)
 
-    monkeypatch.setattr(dataset_module, "_write_shard", flaky)
+    monkeypatch.setattr(shards_module, "_write_shard", flaky)
     with pytest.raises(Crash):
         capture_dataset(model, TEXTS, "resid_post", tmp_path / "cut", texts_per_shard=4, progress=False)
     assert sorted(p.name for p in (tmp_path / "cut").glob("*.safetensors")) == ["shard-00000.safetensors", "shard-00001.safetensors"]

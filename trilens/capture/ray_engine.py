@@ -28,7 +28,7 @@ FAIL_ONCE = "TRILENS_RAY_FAIL_ONCE"  # tests: "SHARD:MARKER" makes the worker wr
 def check_ray(model: Model, num_workers: int, gpus_per_worker: float) -> None:
     """Refuse, before anything is written, what a Ray capture cannot do."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError as err:
         raise TrilensError(f"engine='ray' needs Ray Data, which is not installed: {RAY_INSTALL}") from err
@@ -52,7 +52,7 @@ class ShardWriter:
         self.texts, self.out, self.settings = texts, Path(out), settings
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from .dataset import capture_shard
+        from .shards import capture_shard
 
         per = self.settings["texts_per_shard"]
         for k in (int(x) for x in batch["shard"]):
