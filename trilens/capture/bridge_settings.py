@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from ..devices import execution_device
-
 from ..errors import SiteError
 
 
