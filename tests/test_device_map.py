@@ -58,6 +58,24 @@ def test_every_capture_path_equals_the_whole_model(t5_pair):
     assert aa.to_frame().equals(ab.to_frame())
 
 
+def test_forward_mode_and_weight_reading_analyses_bring_offloaded_layers_in(t5_pair):
+    from trilens.attention import attention_steps
+    from trilens.lens import LinearShortcut
+    from trilens.patching import edge_attribution
+
+    whole, split = t5_pair
+    sources = [s for s, _ in PAIRS]
+    sa = attention_steps(whole, sources, max_new_tokens=3, sensitivity="estimate", probes=4)
+    sb = attention_steps(split, sources, max_new_tokens=3, sensitivity="estimate", probes=4)
+    assert sa.to_frame().equals(sb.to_frame())  # torch.func's derivatives, through layers on disk
+    assert torch.equal(LinearShortcut.fit(whole, sources, layer=1, progress=False).W,
+                       LinearShortcut.fit(split, sources, layer=1, progress=False).W)
+    ea = edge_attribution(whole, PAIRS[:1], [("the dog sat on the mat", "a dog was here")], "kl", steps=2, progress=False)
+    eb = edge_attribution(split, PAIRS[:1], [("the dog sat on the mat", "a dog was here")], "kl", steps=2, progress=False)
+    assert ea.to_frame().equals(eb.to_frame())  # each head's W_O read while its layer is in
+    assert any(p.device.type == "meta" for p in split.hf_model.parameters())  # and back on disk afterwards
+
+
 def test_a_bridge_with_its_own_weight_views_refuses_offloading(tiny_path, tmp_path):
     path = tiny_path("gpt2")
     size = compute_module_sizes(trilens.load(path).hf_model)[""]

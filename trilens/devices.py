@@ -64,6 +64,47 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def onloaded(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, every layer that ``accelerate`` offloaded (to CPU or disk) holds its weights on its execution
+    device, and its hook leaves them there: ``torch.func`` transforms (forward-mode derivatives) cannot run the hook's
+    loading, which reads the data pointers of tensors that batched tensors do not have. Costs the offloaded layers'
+    memory for the block; a model that is not offloaded is left as it is."""
+    from contextlib import ExitStack
+
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # no accelerate: nothing can be offloaded
+        yield
+        return
+    hooks = []
+    with ExitStack() as stack:
+        for m in module.modules():
+            if has_offloaded_params(m):
+                stack.enter_context(align_module_device(m))
+                hooks.append(m._hf_hook)
+        for hook in hooks:
+            hook.offload = False
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.offload = True
+
+
+def with_weights_onloaded(fn):
+    """Decorator for an analysis ``fn(model, ...)`` that reads weights outside the forward (a head's W_O, say): its
+    whole run sees offloaded layers' weights on their execution device (``onloaded``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with onloaded(model.hf_model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
 def parameters_by_memory(module: torch.nn.Module) -> dict[int, list[torch.nn.Parameter]]:
     """``module``'s parameters (each once) grouped by the memory they lie in: a group of several holds a parameter and
     views into it (a bridge's split q/k/v of GPT-2's ``c_attn``)."""

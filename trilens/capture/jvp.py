@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..devices import onloaded
 from ..errors import TrilensError
 from ..inputs import Batch
 from .grad_hooks import embedding_modules, replaced_embeddings
@@ -71,12 +72,13 @@ def directional_derivatives(model: Model, batch: Batch, stack: str, directions: 
     length = sum(int(t.shape[1]) for t in batch.ids.values())
     chunk = max(1, min(k, ROWS_PER_FORWARD // max(length, 1)))
     found: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    for start in range(0, k, chunk):
-        u = directions(start, min(k, start + chunk)).to(model.device, embeds.dtype)[:, None]  # [chunk, 1, pos, d]
-        with torch.no_grad():
-            tangents = vmap(derivative)(u)
-        for s, t in zip(sites, tangents):
-            found[s].append(reduce(s, t[:, 0]))
+    with onloaded(model.hf_model):
+        for start in range(0, k, chunk):
+            u = directions(start, min(k, start + chunk)).to(model.device, embeds.dtype)[:, None]  # [chunk, 1, pos, d]
+            with torch.no_grad():
+                tangents = vmap(derivative)(u)
+            for s, t in zip(sites, tangents):
+                found[s].append(reduce(s, t[:, 0]))
     return {s: torch.cat(v) for s, v in found.items()}
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..devices import onloaded
 from ..errors import InputError
 from ..inputs import Batch
 from .trace import require_fired
@@ -145,8 +146,9 @@ class SiteMap:
 
         columns = []
         eye = torch.eye(d, device=x0.device, dtype=x0.dtype)
-        for start in range(0, d, chunk):
-            u = eye[start:start + chunk, None, :].expand(-1, len(self.rows), -1)
-            with torch.no_grad():
-                columns.append(vmap(derivative)(u).to(x0.dtype))  # [chunk, rows, d_y]
+        with onloaded(self.model.hf_model):
+            for start in range(0, d, chunk):
+                u = eye[start:start + chunk, None, :].expand(-1, len(self.rows), -1)
+                with torch.no_grad():
+                    columns.append(vmap(derivative)(u).to(x0.dtype))  # [chunk, rows, d_y]
         return torch.cat(columns).permute(1, 2, 0)

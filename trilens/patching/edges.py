@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..capture.grad_hooks import embedding_modules, frozen_weights, input_embeddings, keep_hook
+from ..devices import with_weights_onloaded
 from ..errors import InputError
 from ..provenance import provenance
 from .cells import pair_batches
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 METHODS = ("eap", "eap-ig")
 
 
+@with_weights_onloaded
 def edge_attribution(
     model: Model,
     clean: Any,
@@ -128,6 +130,7 @@ def _setup(model: Model, clean: Any, corrupted: Any, metric: Any, step: int | No
                   bound.of_run(clean_run.logits, cb).detach().cpu(), bound.of_run(corrupted_run.logits, kb).detach().cpu())
 
 
+@with_weights_onloaded
 def circuit_faithfulness(model: Model, clean: Any, corrupted: Any, circuits: Sequence[Any], metric: Any = None, *,
                          step: int | None = None, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
     """``[pair, circuit]`` normalised faithfulness, (m_circuit − m_corrupted) / (m_clean − m_corrupted), of each
