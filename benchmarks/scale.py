@@ -127,17 +127,16 @@ def main() -> None:
         pair = ([inputs[0][:16]] if model.family != "encoder-decoder" else [(inputs[0][0][:16], inputs[0][1][:8])])
         corrupt = ([inputs[1][:16]] if model.family != "encoder-decoder" else [(inputs[1][0][:16], inputs[0][1][:8])])
         lens = TunedLens.from_model(model)
+        # attribution's (inputs, targets): the pairs of an encoder-decoder, else the prompts and their last STEPS tokens
+        attributed = (inputs, None) if model.family == "encoder-decoder" else (sources, [r[-STEPS:] for r in inputs])
         analyses = {
             "trace (all residuals)": (lambda: model.trace(inputs, sites="resid"), t_fwd),
             "logit lens": (lambda: logit_lens(model, inputs), t_fwd),
             "tuned lens step": (lambda: lens.fit(model, inputs, steps=1, batch_size=args.batch, progress=False), t_fb),
             f"gradients ({STEPS} steps)": (lambda: model.gradients(inputs, StepScores(), sites="resid_post",
                                                                     embeddings=False), t_fb),
-            "saliency": (lambda: attribute(model, sources, [r[-STEPS:] for r in inputs] if model.family != "encoder-decoder"
-                                           else None, method="saliency") if model.family != "encoder-decoder"
-                         else attribute(model, inputs, method="saliency"), t_fb),
-            "IG, 16 points": (lambda: attribute(model, inputs, method="ig", n_steps=16) if model.family == "encoder-decoder"
-                              else attribute(model, sources, [r[-STEPS:] for r in inputs], method="ig", n_steps=16), t_fb),
+            "saliency": (lambda: attribute(model, *attributed, method="saliency"), t_fb),
+            "IG, 16 points": (lambda: attribute(model, *attributed, method="ig", n_steps=16), t_fb),
             "attention steps (8 gen.)": (lambda: attention_steps(model, sources, max_new_tokens=8, sensitivity="estimate",
                                                                  probes=8), t_fwd),
             "relevancy (4 gen.)": (lambda: relevancy_maps(model, sources, max_new_tokens=4), t_fb),

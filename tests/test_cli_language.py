@@ -13,7 +13,7 @@ from trilens.zoo import tasks as T
 
 def _zoo_queries(n):
     exs = T.facts(0, split="test")[:n]
-    return exs, [f"{e.meta['entity']}|{e.meta['relation']}" for e in exs]
+    return exs, [e.meta["fact"] for e in exs]
 
 
 def test_language_lens_command_on_the_zoo_facts(zoo, tmp_path, capsys):

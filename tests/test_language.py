@@ -129,6 +129,8 @@ def test_errors_say_what_to_do(tiny):
     model = tiny("gpt2")
     with pytest.raises(InputError, match="2 tokens.*first token"):
         language_lens(model, PROMPTS[:1], ["red blue"], ["en"], language_map=MAP)
+    with pytest.raises(InputError, match="'rojo' is not in this model's vocabulary"):
+        language_lens(model, PROMPTS[:1], ["rojo"], ["en"], language_map=MAP)
     with pytest.raises(InputError, match="layer 9 is out of range.*0 \\(the embeddings\\) to 2"):
         LinearShortcut.fit(model, PROMPTS, layer=9)
     with pytest.raises(InputError, match="2 answers for 1 prompts"):

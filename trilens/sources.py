@@ -36,10 +36,13 @@ def is_source(obj: Any) -> bool:
     return isinstance(obj, os.PathLike) or type(obj).__module__.startswith("datasets.")
 
 
-def read_columns(source: Any, names: list[str], *, split: str | None = None) -> dict[str, list[Any]]:
-    """The values of columns ``names`` (each a list, one value per row) of a data source."""
+def read_columns(source: Any, names: list[str], *, split: str | None = None,
+                 also: Callable[[str], bool] | None = None) -> dict[str, list[Any]]:
+    """The values of columns ``names`` (each a list, one value per row) of a data source, and of every other column
+    the source has for which ``also(column)`` holds (the source is opened once)."""
     columns, read = _open(source, split)
-    return _read_checked(columns, read, names)
+    extra = [c for c in columns if also is not None and c not in names and also(c)]
+    return _read_checked(columns, read, list(names) + extra)
 
 
 def _read_checked(columns: list[str], read: Callable[[list[str]], dict[str, list[Any]]], names: list[str]) -> dict[str, list[Any]]:
@@ -48,11 +51,6 @@ def _read_checked(columns: list[str], read: Callable[[list[str]], dict[str, list
             raise InputError(f"the data has no column {name!r}; its columns are {', '.join(columns) or 'none'}. Name "
                              "the right one (text_column= / --text-column, label_column= / --label-column).")
     return read(names)
-
-
-def source_columns(source: Any, *, split: str | None = None) -> list[str]:
-    """The columns a data source has."""
-    return _open(source, split)[0]
 
 
 def read_rows(source: Any, *, split: str | None = None, text_column: str = "text", target_column: str | None = None,

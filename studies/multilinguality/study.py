@@ -168,7 +168,7 @@ def _run(ctx: StudyContext, cfg: dict[str, Any]) -> None:
     prompts = [ex.text for ex in exs]
     answers = [ex.meta["answers"] for ex in exs]
     languages = [ex.meta["language"] for ex in exs]
-    facts = [f"{ex.meta['entity']}|{ex.meta['relation']}" for ex in exs]
+    facts = [ex.meta["fact"] for ex in exs]
     groups = [ex.meta["split"] for ex in exs]
     fit = [i for i, g in enumerate(groups) if g == "both"][: cfg["n_fit"]]
     ctx.say(f"{len(set(facts))} facts asked in both languages ({len(prompts)} questions); shortcuts fitted on "

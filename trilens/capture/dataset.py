@@ -24,7 +24,7 @@ from ..errors import InputError, StoreError
 from ..provenance import model_fingerprint
 from ..sites import PATTERN_KINDS
 from ..sources import is_source, read_rows
-from .shards import capture_shard, store_stacks
+from .shards import capture_shard, shard_block, store_stacks
 from .store import (
     FORMAT,
     ActivationStore,
@@ -164,7 +164,7 @@ def capture_dataset(
     _prepare_dir(out, spec, resume=resume, overwrite=overwrite, sharded=shard is not None)
 
     mine = [k for k in range(n_shards) if k % n_parts == part]
-    blocks = {k: range(k * texts_per_shard, min(len(texts), (k + 1) * texts_per_shard)) for k in mine}
+    blocks = {k: shard_block(k, texts_per_shard, len(texts)) for k in mine}
     if engine == "ray":
         from .ray_engine import capture_on_ray
 

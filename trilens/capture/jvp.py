@@ -8,9 +8,8 @@ of directions runs per forward, batched with ``torch.func.vmap``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,16 +17,13 @@ from ..devices import onloaded
 from ..errors import TrilensError
 from ..inputs import Batch
 from .grad_hooks import embedding_modules, replaced_embeddings
+from .site_map import reading_sites
 from .trace import require_fired
 
 if TYPE_CHECKING:
     from ..model import Model
 
 ROWS_PER_FORWARD = 16384  # token positions (directions x sequence length) per batched forward
-
-
-class _Enough(Exception):
-    """Raised by the hook of the last site needed: the rest of the forward (the LM head) is skipped."""
 
 
 def directional_derivatives(model: Model, batch: Batch, stack: str, directions: Callable[[int, int], torch.Tensor],
@@ -50,7 +46,7 @@ def directional_derivatives(model: Model, batch: Batch, stack: str, directions: 
     sites = list(sites)
     with torch.no_grad():  # one plain pass: which site fires last (the derivative passes stop there)
         fired: dict[str, torch.Tensor] = {}
-        with _capturing(model, sites, fired, None):
+        with reading_sites(model, sites, fired, last=None):
             model.hf_model(**batch.forward_kwargs())
         require_fired(sites, fired)
         last = list(fired)[-1]
@@ -58,11 +54,8 @@ def directional_derivatives(model: Model, batch: Batch, stack: str, directions: 
 
     def forward(e: torch.Tensor) -> tuple[torch.Tensor, ...]:
         store: dict[str, torch.Tensor] = {}
-        try:
-            with replaced_embeddings(model, {stack: e}), _capturing(model, sites, store, last):
-                model.hf_model(**batch.forward_kwargs())
-        except _Enough:
-            pass
+        with replaced_embeddings(model, {stack: e}), reading_sites(model, sites, store, last=last):
+            model.hf_model(**batch.forward_kwargs())
         require_fired(sites, store)
         return tuple(store[n] for n in sites)
 
@@ -80,21 +73,6 @@ def directional_derivatives(model: Model, batch: Batch, stack: str, directions: 
             for s, t in zip(sites, tangents):
                 found[s].append(reduce(s, t[:, 0]))
     return {s: torch.cat(v) for s, v in found.items()}
-
-
-@contextmanager
-def _capturing(model: Model, sites: list[str], store: dict[str, torch.Tensor], last: str | None) -> Iterator[None]:
-    def keep(name: str) -> Callable:
-        def hook(x: torch.Tensor, hook: Any = None) -> None:
-            store.pop(name, None)  # insertion order = firing order
-            store[name] = x
-            if name == last:
-                raise _Enough
-
-        return hook
-
-    with model.hooks([(s, keep(s)) for s in sites]):
-        yield
 
 
 def _embeddings(model: Model, batch: Batch, stack: str) -> torch.Tensor:

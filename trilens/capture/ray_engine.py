@@ -52,12 +52,11 @@ class ShardWriter:
         self.texts, self.out, self.settings = texts, Path(out), settings
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from .shards import capture_shard
+        from .shards import capture_shard, shard_block
 
-        per = self.settings["texts_per_shard"]
         for k in (int(x) for x in batch["shard"]):
             _fail_once(k)
-            block = range(k * per, min(len(self.texts), (k + 1) * per))
+            block = shard_block(k, self.settings["texts_per_shard"], len(self.texts))
             capture_shard(self.model, self.texts, k, block, self.out, names=self.settings["names"],
                           batch_size=self.settings["batch_size"], dtype=getattr(torch, self.settings["dtype"]),
                           truncate=self.settings["truncate"])

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from ..model import Model
 
 
+def shard_block(k: int, texts_per_shard: int, n_texts: int) -> range:
+    """The indices of the texts that shard ``k`` holds."""
+    return range(k * texts_per_shard, min(n_texts, (k + 1) * texts_per_shard))
+
+
 def store_stacks(model: Model, names: list[str], texts: Sequence[Any]) -> list[str]:
     """The stacks a store records token ids for: the sites' stacks, and both for (source, target) pairs."""
     pairs = model.family == "encoder-decoder" and isinstance(texts[0], tuple)  # as in inputs.encode

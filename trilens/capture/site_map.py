@@ -31,18 +31,22 @@ class _Enough(Exception):
 
 
 @contextmanager
-def _reading(model: Model, sites: Sequence[str], store: dict[str, torch.Tensor],
-             replace: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> Iterator[None]:
-    last = sites[-1]
+def reading_sites(model: Model, sites: Sequence[str], store: dict[str, torch.Tensor], *, last: str | None,
+                  replace: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> Iterator[None]:
+    """Keep ``sites``' activations in ``store`` (in firing order) during the block; once ``last`` fires the forward
+    stops there (the block ends quietly). ``replace[site]`` maps a site's activation to the one the run goes on with
+    (out of place, so ``torch.func`` transforms can run it)."""
+    replace = replace or {}
 
     def hook_for(name: str) -> Callable:
         def hook(x: torch.Tensor, hook: Any = None) -> torch.Tensor | None:
-            if replace and name in replace:
+            if name in replace:
                 x = replace[name](x)
+            store.pop(name, None)  # insertion order = firing order
             store[name] = x
             if name == last:
                 raise _Enough
-            return x if replace and name in replace else None
+            return x if name in replace else None
 
         return hook
 
@@ -57,7 +61,7 @@ def read_until(model: Model, batch: Batch, sites: Sequence[str]) -> dict[str, to
     """The activations at ``sites`` (in firing order, the last one last), running the model only until the last one
     fires: a site in layer l costs the blocks up to l, not the whole forward and the LM head."""
     store: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), _reading(model, list(sites), store):
+    with torch.no_grad(), reading_sites(model, list(sites), store, last=list(sites)[-1]):
         model.hf_model(**batch.to(model.device).forward_kwargs())
     require_fired(list(sites), store)
     return store
@@ -97,11 +101,11 @@ class SiteMap:
         before it (left-padded, so that the new token is every row's last), its position id and attention mask."""
         ids, mask = self.batch.input_ids, self.batch.attention_mask
         width = int(self.positions.max())
-        prefix = torch.full((len(self.rows), width), self.model.pad_token_id, dtype=ids.dtype, device=ids.device)
-        prefix_mask = torch.zeros_like(prefix, dtype=mask.dtype)
-        for i, p in enumerate(self.positions.tolist()):
-            prefix[i, width - p:] = ids[i, :p]
-            prefix_mask[i, width - p:] = mask[i, :p]
+        # column c of row i holds the row's token c - (width - p_i), where that is a token before p_i
+        source = torch.arange(width, device=ids.device)[None, :] - (width - self.positions[:, None])
+        before = source >= 0
+        prefix = ids.gather(1, source.clamp_min(0)).masked_fill(~before, self.model.pad_token_id)
+        prefix_mask = mask.gather(1, source.clamp_min(0)).masked_fill(~before, 0)
         positions = (prefix_mask.cumsum(1) - 1).clamp_min(0)
         with torch.no_grad():
             cache = self.model.hf_model(input_ids=prefix, attention_mask=prefix_mask, position_ids=positions,
@@ -125,7 +129,7 @@ class SiteMap:
             return torch.where(at, x[:, None, :].to(act.dtype), act)
 
         store: dict[str, torch.Tensor] = {}
-        with _reading(self.model, [self.source, self.target], store, replace={self.source: put}):
+        with reading_sites(self.model, [self.source, self.target], store, last=self.target, replace={self.source: put}):
             self.model.hf_model(**kwargs)
         require_fired([self.source, self.target], store)
         return store[self.target][rows, positions]

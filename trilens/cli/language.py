@@ -26,6 +26,11 @@ class Queries:
     facts: list[str]
     groups: list[str] | None
 
+    def head(self, n: int) -> Queries:
+        """The first ``n`` prompts."""
+        return Queries(self.prompts[:n], self.answers[:n], self.languages[:n], self.facts[:n],
+                       self.groups[:n] if self.groups else None)
+
     def own_answers(self) -> list[str]:
         return [a[lang] for a, lang in zip(self.answers, self.languages)]
 
@@ -42,7 +47,7 @@ def _zoo_queries() -> Queries:
 
     exs = facts(0, split="test")
     return Queries([ex.text for ex in exs], [ex.meta["answers"] for ex in exs], [ex.meta["language"] for ex in exs],
-                   [f"{ex.meta['entity']}|{ex.meta['relation']}" for ex in exs], [ex.meta["split"] for ex in exs])
+                   [ex.meta["fact"] for ex in exs], [ex.meta["split"] for ex in exs])
 
 
 def read_queries(args: argparse.Namespace, model: Any) -> Queries:
@@ -54,15 +59,13 @@ def read_queries(args: argparse.Namespace, model: Any) -> Queries:
                              "optional); only the zoo's bilingual models bring their own facts.")
         queries = _zoo_queries()
     else:
-        from ..sources import read_columns, source_columns
+        from ..sources import read_columns
 
-        columns = source_columns(Path(args.data), split=args.split)
-        extra = [c for c in columns if c.startswith("answer_")] + [c for c in ("fact", "group") if c in columns]
-        wanted = [args.prompt_column, args.language_column] + ([args.answer_column] if args.answer_column in columns else [])
-        values = read_columns(Path(args.data), wanted + extra, split=args.split)
+        values = read_columns(Path(args.data), [args.prompt_column, args.language_column], split=args.split,
+                              also=lambda c: c.startswith("answer_") or c in (args.answer_column, "fact", "group"))
+        extra = [c for c in values if c.startswith("answer_")]
         languages = [str(x) for x in values[args.language_column]]
-        answers = [{c.removeprefix("answer_"): values[c][i] for c in extra if c.startswith("answer_") and values[c][i]}
-                   for i in range(len(languages))]
+        answers = [{c.removeprefix("answer_"): values[c][i] for c in extra if values[c][i]} for i in range(len(languages))]
         if args.answer_column in values:
             for a, lang, own in zip(answers, languages, values[args.answer_column]):
                 a[lang] = own
@@ -73,10 +76,7 @@ def read_queries(args: argparse.Namespace, model: Any) -> Queries:
             facts = [str(f) for f in parallel_facts(languages, None)]
         queries = Queries(list(values[args.prompt_column]), answers, languages, facts,
                           [str(g) for g in values["group"]] if "group" in values else None)
-    if args.limit:
-        queries = Queries(queries.prompts[:args.limit], queries.answers[:args.limit], queries.languages[:args.limit],
-                          queries.facts[:args.limit], queries.groups[:args.limit] if queries.groups else None)
-    return queries
+    return queries.head(args.limit) if args.limit else queries
 
 
 def _print_accuracy(result: Any) -> None:

@@ -12,34 +12,11 @@ import torch
 from ..errors import InputError
 from ..provenance import provenance
 from .language_result import LanguageLensResult
-from .languages import LanguageMap, answer_table, parallel_facts, slot_states, token_language
+from .languages import LanguageMap, answer_table, parallel_facts, read_layers, slot_states, token_language
 from .unembed import Unembed
 
 if TYPE_CHECKING:
     from ..model import Model
-
-
-@torch.no_grad()
-def _read_layers(unembed: Unembed, states: torch.Tensor, answer_ids: torch.Tensor, k: int,
-                 rows: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per layer and prompt: each answer's rank and probability, and the top-k ids and probabilities."""
-    n_layers, n, _ = states.shape
-    rank = torch.full((n_layers, n, answer_ids.shape[1]), -1, dtype=torch.long)
-    prob = torch.full((n_layers, n, answer_ids.shape[1]), float("nan"))
-    top_ids = torch.empty(n_layers, n, k, dtype=torch.long)
-    top_probs = torch.empty(n_layers, n, k)
-    has = answer_ids >= 0
-    for layer in range(n_layers):
-        for start in range(0, n, rows):
-            r = slice(start, start + rows)
-            logits = unembed(states[layer, r].to(unembed.head.weight.dtype)).float()
-            lse = torch.logsumexp(logits, -1, keepdim=True)
-            a = logits.gather(-1, answer_ids[r].clamp_min(0))
-            rank[layer, r] = torch.where(has[r], (logits[:, None, :] > a[:, :, None]).sum(-1), -1)
-            prob[layer, r] = torch.where(has[r], (a - lse).exp(), float("nan"))
-            top = logits.topk(k, dim=-1)
-            top_ids[layer, r], top_probs[layer, r] = top.indices, (top.values - lse).exp()
-    return rank, prob, top_ids, top_probs
 
 
 def _cosines(states: torch.Tensor, facts: list[Hashable], languages: Sequence[str]
@@ -89,7 +66,7 @@ def language_lens(model: Model, prompts: Sequence[str], answers: Sequence[Any], 
     states = slot_states(model, prompts, batch_size=batch_size)
     unembed = Unembed(model, model.stacks[-1])
     k = min(k, model.vocab_size)
-    rank, prob, top_ids, top_probs = _read_layers(unembed, states, ids, k)
+    rank, prob, top_ids, top_probs = read_layers(unembed, states, ids, k)
     used = sorted(set(top_ids.unique().tolist()) | set(ids[ids >= 0].unique().tolist()))
     vocab = dict(zip(used, model.tokenizer.convert_ids_to_tokens(used)))
     token_langs = {i: lang_of(tok.lstrip("Ġ▁ ") if isinstance(tok, str) else str(tok)) for i, tok in vocab.items()}

@@ -131,9 +131,13 @@ class LanguageLensResult(Result):
         frame = self.layer_frame()
         x = list(range(self.n_layers))
         if kind == "rank":
-            series = {f"{lang} prompts, {alang} answer": frame[frame.language == lang][f"rank_{alang}"].to_numpy() + 1
-                      for lang in sorted(set(self.languages)) for alang in self.answer_languages}
-            dash = {name: "dot" for name in series if name.split()[0] != name.split(", ")[1].split()[0]}
+            series, dash = {}, {}
+            for lang in sorted(set(self.languages)):
+                for alang in self.answer_languages:
+                    name = f"{lang} prompts, {alang} answer"
+                    series[name] = frame[frame.language == lang][f"rank_{alang}"].to_numpy() + 1
+                    if alang != lang:  # the answer in another language than the prompt's: dotted
+                        dash[name] = "dot"
             return curves(x, series, dash=dash, log_y=True, title="gold answer's rank per layer (1 = top)",
                           y_title="median rank + 1")
         if kind == "share":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from .unembed import Unembed
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -40,6 +41,10 @@ def answer_id(model: Model, answer: str) -> int:
         pieces = model.tokenizer.convert_ids_to_tokens(ids)
         raise InputError(f"the answer {answer!r} is {len(ids)} tokens here ({pieces}); the lens ranks one token: pass "
                          "the answer's first token, or choose answers that are one token in this vocabulary.")
+    unk = model.tokenizer.unk_token_id
+    if unk is not None and ids[0] == unk and answer.strip() != model.tokenizer.unk_token:
+        raise InputError(f"the answer {answer!r} is not in this model's vocabulary (it reads as "
+                         f"{model.tokenizer.unk_token}): its rank would be the unknown token's.")
     return int(ids[0])
 
 
@@ -77,6 +82,31 @@ def slot_states(model: Model, prompts: Sequence[str], *, batch_size: int = 64) -
     sites = model.sites(stack=stack, layer=0, kind="resid_pre") + model.sites(stack=stack, kind="resid_post")
     cache = model.trace(slot_inputs(model, prompts), sites=sites, positions="last", batch_size=batch_size)
     return cache.accumulated_resid(stack)[:, :, 0].float()
+
+
+@torch.no_grad()
+def read_layers(unembed: Unembed, states: torch.Tensor, answer_ids: torch.Tensor, k: int,
+                 rows: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per layer and prompt of ``states [layer, prompt, d]``: each answer's rank (0 = the top token; -1 where
+    ``answer_ids [prompt, answer]`` is -1) and probability, and the top-k ids and probabilities; ``rows`` prompts'
+    logits at a time."""
+    n_layers, n, _ = states.shape
+    rank = torch.full((n_layers, n, answer_ids.shape[1]), -1, dtype=torch.long)
+    prob = torch.full((n_layers, n, answer_ids.shape[1]), float("nan"))
+    top_ids = torch.empty(n_layers, n, k, dtype=torch.long)
+    top_probs = torch.empty(n_layers, n, k)
+    has = answer_ids >= 0
+    for layer in range(n_layers):
+        for start in range(0, n, rows):
+            r = slice(start, start + rows)
+            logits = unembed(states[layer, r].to(unembed.head.weight.dtype)).float()
+            lse = torch.logsumexp(logits, -1, keepdim=True)
+            a = logits.gather(-1, answer_ids[r].clamp_min(0))
+            rank[layer, r] = torch.where(has[r], (logits[:, None, :] > a[:, :, None]).sum(-1), -1)
+            prob[layer, r] = torch.where(has[r], (a - lse).exp(), float("nan"))
+            top = logits.topk(k, dim=-1)
+            top_ids[layer, r], top_probs[layer, r] = top.indices, (top.values - lse).exp()
+    return rank, prob, top_ids, top_probs
 
 
 def consistency(correct: Sequence[bool] | torch.Tensor, facts: Sequence[Hashable],

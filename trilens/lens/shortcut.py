@@ -85,20 +85,19 @@ class LinearShortcut(Result):
             raise InputError("no fitting prompts: pass the prompts (texts ending where the answer starts) to fit on.")
         if answers is not None and len(answers) != len(prompts):
             raise InputError(f"{len(answers)} answers for {len(prompts)} fitting prompts: give one per prompt.")
-        xs, ys, jacobians = [], [], []
-        for batch, pos in tqdm(list(slot_batches(model, prompts, batch_size)), desc=f"shortcut from layer {layer}",
-                               disable=not progress or layer == n_layers):
-            if layer == n_layers:
-                y = read_until(model, batch, [target])[target][torch.arange(len(pos)), pos.to(model.device)].float()
-                xs.append(y.cpu())
-                ys.append(y.cpu())
-                continue
-            site_map = SiteMap(model, batch, source, target, pos)
-            xs.append(site_map.x0.float().cpu())
-            ys.append(site_map.y0.float().cpu())
-            jacobians.append(site_map.jacobian().cpu())
-        x, y = torch.cat(xs), torch.cat(ys)
-        W = torch.cat(jacobians).mean(0) if jacobians else torch.eye(x.shape[-1])
+        if layer == n_layers:  # the identity: nothing to differentiate
+            x = y = slot_values(model, prompts, layer, batch_size=batch_size)
+            W = torch.eye(x.shape[-1])
+        else:
+            xs, ys, jacobian_sum = [], [], torch.zeros(())
+            for batch, pos in tqdm(list(slot_batches(model, prompts, batch_size)), desc=f"shortcut from layer {layer}",
+                                   disable=not progress):
+                site_map = SiteMap(model, batch, source, target, pos)
+                xs.append(site_map.x0.float().cpu())
+                ys.append(site_map.y0.float().cpu())
+                jacobian_sum = jacobian_sum + site_map.jacobian().cpu().sum(0)  # [d, d]: prompts are only averaged
+            x, y = torch.cat(xs), torch.cat(ys)
+            W = jacobian_sum / len(x)
         b = (y - x @ W.T).mean(0)
         fit_error = (x @ W.T + b - y).norm(dim=-1) / y.norm(dim=-1)
         params = {"layer": layer, "beta": beta, "n_fit": len(prompts), "stack": stack}

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..provenance import provenance
 from ..results import Result, register_result
-from .languages import answer_table, consistency, parallel_facts, slot_states
+from .languages import answer_table, consistency, parallel_facts, read_layers, slot_states
 from .shortcut import PAPER_BETA, LinearShortcut
 from .unembed import Unembed
 
@@ -57,26 +57,19 @@ def shortcut_sweep(model: Model, fit_prompts: Sequence[str] | None, prompts: Seq
     _, ids = answer_table(model, own, languages)
     ids = ids.max(1).values  # one answer per prompt: its own language's (-1 in every other column)
     states = slot_states(model, prompts, batch_size=batch_size)
-    unembed = Unembed(model, stack)
-    dtype = unembed.head.weight.dtype
-
-    def ranks(h: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = unembed(h.to(dtype)).float()
-        return (logits > logits.gather(-1, ids[:, None])).sum(-1)
-
-    model_rank = ranks(states[-1])
-    rank, betas, fit_error = [], [], []
+    hidden, betas, fit_error = [states[-1]], [], []  # the model's own last layer, then each shortcut's output
     for k, layer in enumerate(tqdm(layers, desc="shortcut sweep", disable=shortcuts is not None)):
         shortcut = shortcuts[k] if shortcuts is not None else LinearShortcut.fit(
             model, fit_prompts, layer=layer, beta=beta, answers=fit_answers, progress=False)
-        rank.append(ranks(shortcut.hidden(states[layer])))
+        hidden.append(shortcut.hidden(states[layer]))
         betas.append(shortcut.beta)
         fit_error.append(float(shortcut.fit_error.mean()))
+    ranks = read_layers(Unembed(model, stack), torch.stack(hidden), ids[:, None], k=1)[0][..., 0]
+    model_rank, rank = ranks[0], ranks[1:]
     params = {"layers": layers, "beta": betas if shortcuts is not None else beta,
               "n_fit": len(shortcuts[0].fit_prompts) if shortcuts is not None else len(fit_prompts), "stack": stack}
     return ShortcutSweepResult(
-        layers=layers, n_layers=n_layers, rank=torch.stack(rank), model_rank=model_rank, betas=betas,
+        layers=layers, n_layers=n_layers, rank=rank, model_rank=model_rank, betas=betas,
         fit_error=fit_error, languages=languages, facts=[str(f) for f in fact_ids],
         groups=list(groups) if groups is not None else None, prompts=list(prompts),
         info=provenance(model, "linear shortcut sweep", params, len(prompts)))
@@ -116,12 +109,6 @@ class ShortcutSweepResult(Result):
     def model_accuracy(self, group: str | Sequence[str] | None = None, language: str | None = None) -> float:
         """The full model's accuracy over the same prompts."""
         return float(self.model_correct()[self._select(language, group)].float().mean())
-
-    def best_layer(self, group: str | Sequence[str] | None = None) -> int:
-        """The shortcut layer with the highest accuracy (over ``group``'s prompts; ties: the earliest)."""
-        idx = self._select(None, group)
-        acc = self.correct()[:, idx].float().mean(1)
-        return self.layers[int(acc.argmax())]
 
     def to_frame(self):
         """One row per (layer, language, group): the shortcut's accuracy and the full model's on the same prompts,

@@ -82,12 +82,13 @@ def _fact_metrics(model: Any, tok: Any, family: str, exs: list[T.Example]) -> di
     seen = [h for ex, h in zip(exs, hits) if ex.meta["split"] != "other"]
     other = [h for ex, h in zip(exs, hits) if ex.meta["split"] == "other"]
     metrics["facts_seen"], metrics["facts_transfer"] = sum(seen) / len(seen), sum(other) / len(other)
+    from ..lens.languages import consistency
+
     for group in ("both", "one"):  # facts stated in both languages; facts stated in one only
-        correct = {lang: {(ex.meta["entity"], ex.meta["relation"]) for ex, h in zip(exs, hits)
-                          if h and ex.meta["language"] == lang and (ex.meta["seen"] == "both") == (group == "both")}
-                   for lang in T.LANGUAGES}
-        union = set.union(*correct.values())
-        metrics[f"facts_consistency_{group}"] = len(set.intersection(*correct.values())) / len(union) if union else 1.0
+        rows = [(h, ex.meta["fact"], ex.meta["language"]) for ex, h in zip(exs, hits)
+                if (ex.meta["seen"] == "both") == (group == "both")]
+        (value,) = consistency(*zip(*rows)).values()
+        metrics[f"facts_consistency_{group}"] = value
     return metrics
 
 

@@ -314,7 +314,8 @@ def fact_example(fact: dict[str, Any], language: str) -> Example:
     seen = fact["seen"]
     transfer = "both" if seen == "both" else ("same" if seen == language else "other")
     return Example("facts", spec[language].format(e=entity_name(fact["entity"], language)), answers[language], fact["value"],
-                   {**fact, "language": language, "answers": answers, "split": transfer})
+                   {**fact, "fact": f"{fact['entity']}|{fact['relation']}", "language": language, "answers": answers,
+                    "split": transfer})
 
 
 def facts(n: int, *, seed: int = 0, split: str = "train") -> list[Example]:
