@@ -6,6 +6,12 @@ are built from its own HF module list, and hook names follow. Blenderbot's adapt
 checkpoints are often unequal (distilled BART 12/6, many Marian and Pegasus distillations), so trilens builds those
 bridges with a subclass of the registered adapter that turns it off too. Different head counts or FFN widths per
 stack remain unsupported: the adapter keeps one ``n_heads`` and ``d_mlp`` for both stacks.
+
+Layers that accelerate offloaded (to CPU or disk) hold their weights only while their own HF module runs. The
+bridge's attention reads the weights of its projections outside their modules' runs where a setting asks for heads
+one by one (``hook_result`` multiplies each head's z by its slice of W_O; ``hook_q_input`` and ``hook_attn_in``
+project each head's copy by its slice of W_Q, W_K, W_V), so such a bridge's attention components run with their whole
+layer's weights brought in (``_onload_attention``): one attention layer at a time, as accelerate itself would.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .devices import onloaded
 from .errors import UnsupportedArchitectureError
 
 _LOCK = threading.Lock()  # the adapter registry is process-wide: one build at a time swaps it
@@ -52,7 +59,7 @@ def build_bridge(hf: Any, name: str) -> Any:
     architecture = type(hf).__name__
     with _LOCK, _adapter_for_unequal_depths(architecture):
         try:
-            return build_bridge_from_module(hf, architecture, hf_config=hf.config, model_name=name)
+            bridge = build_bridge_from_module(hf, architecture, hf_config=hf.config, model_name=name)
         except ValueError as err:
             if "symmetric" not in str(err):
                 raise
@@ -61,3 +68,32 @@ def build_bridge(hf: Any, name: str) -> Any:
                 "attention and MLP shape in the bridge, so encoder and decoder must have the same number of heads "
                 "and the same FFN width (unequal depths are fine)."
             ) from err
+    _onload_attention(bridge)
+    return bridge
+
+
+def _onload_attention(bridge: Any) -> None:
+    """Each attention component of ``bridge`` whose layer accelerate offloaded runs with that layer's weights in."""
+    import functools
+
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    for component in bridge.modules():
+        layer = getattr(component, "original_component", None)
+        if not isinstance(component, AttentionBridge) or layer is None or not _offloaded(layer):
+            continue
+
+        @functools.wraps(component.forward)
+        def forward(*args: Any, _forward: Any = component.forward, _layer: Any = layer, **kwargs: Any) -> Any:
+            with onloaded(_layer):
+                return _forward(*args, **kwargs)
+
+        object.__setattr__(component, "forward", forward)  # the bridge's __setattr__ would set the HF module's
+
+
+def _offloaded(module: Any) -> bool:
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:
+        return False
+    return any(has_offloaded_params(m) for m in module.modules())

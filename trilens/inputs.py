@@ -67,11 +67,20 @@ class Batch:
         )
 
 
+def token_names(tokenizer: Any, ids: Any) -> list[str]:
+    """Each id's token string: ``"<id>"`` for an id the tokenizer does not have (embedding matrices are often padded
+    past the tokenizer, and a model can emit those rows), the id itself without a tokenizer."""
+    ids = [int(i) for i in ids]
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [s if s is not None else f"<{i}>" for i, s in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
+
+
 def token_strings(tokenizer: Any, ids: dict[str, torch.Tensor]) -> dict[str, list[list[str]]]:
     """Per stack, each sequence's token strings (none without a tokenizer)."""
     if tokenizer is None:
         return {}
-    return {s: [tokenizer.convert_ids_to_tokens(r) for r in t.tolist()] for s, t in ids.items()}
+    return {s: [token_names(tokenizer, r) for r in t.tolist()] for s, t in ids.items()}
 
 
 def _is_pair(x: Any) -> bool:

@@ -16,6 +16,7 @@ from .architectures import Architecture, resolve, supported_summary
 from .devices import as_device, as_dtype
 from .errors import ModelLoadError, UnsupportedArchitectureError
 from .model import Model
+from .placement import check_device_map, placement_refused
 
 LANGUAGE_MAP_FILE = "languages.json"  # token -> language, read into Model.language_map
 
@@ -88,7 +89,11 @@ def _from_directory(path: Path, dtype: torch.dtype | None, trust_remote_code: bo
         with warnings.catch_warnings(), _quiet_progress():
             warnings.simplefilter("ignore")
             hf = cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, trust_remote_code=trust_remote_code, **hf_kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (IndexError, KeyError, ValueError) as err:
+        if hf_kwargs.get("device_map") is None:
+            raise ModelLoadError(f"could not load the weights in {path}: {err}") from err
+        raise ModelLoadError(placement_refused(cls, config, err)) from err  # accelerate's planner or the map itself
+    except (OSError, RuntimeError) as err:
         raise ModelLoadError(f"could not load the weights in {path}: {err}") from err
     try:
         tokenizer = _load_tokenizer(path, AutoTokenizer)
@@ -154,9 +159,8 @@ def load(
         trust_remote_code: allow custom modelling code from the checkpoint (off by default).
         hf_kwargs: passed to ``from_pretrained``; among them accelerate's big-model placement: ``device_map="auto"``
             or a dict module -> device, ``max_memory={0: "20GiB", "cpu": "60GiB"}`` and ``offload_folder=`` for the
-            layers that fit nowhere (``Model.placement()`` says where each part went). Offloaded layers work where
-            the HF modules compute attention themselves (T5); the bridge of a model with joint q/k/v (GPT-2) or
-            split q/k/v inputs refuses offloading with what to do instead.
+            layers that fit nowhere (``Model.placement()`` says where each part went). Offloaded layers run with
+            every analysis, exactly as the model loaded whole; a headless encoder (``BertModel``) cannot be placed.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -165,6 +169,7 @@ def load(
     if torch_device is not None and hf_kwargs.get("device_map") is not None:
         raise ModelLoadError("pass either device= or device_map=: a model placed by a device_map stays where "
                              "accelerate put it.")
+    check_device_map(hf_kwargs.get("device_map"))
     folder: Path | None = None
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
 
@@ -201,6 +206,11 @@ def load(
         )
 
     has_head = arch.wrap_as is None
+    if arch.wrap_as is not None and len(set((getattr(hf, "hf_device_map", None) or {}).values())) > 1:
+        raise ModelLoadError(
+            f"a headless {arch.hf_class} cannot be placed with a device_map: trilens puts it inside {arch.wrap_as} for "
+            f"the bridge, which copies its weights into one module. Load it without device_map (device= chooses "
+            f"where), or load the {arch.wrap_as} checkpoint, which places as it is.")
     if arch.wrap_as is not None:
         hf = _wrap_headless(hf, arch)
     if getattr(hf.config, "_attn_implementation", "eager") != "eager":
@@ -222,12 +232,10 @@ def load(
 
 def _offload_refused(hf: Any, arch: Architecture, err: Exception) -> str:
     """Why a model whose layers were offloaded (to disk or CPU, by a device_map) cannot be wrapped."""
-    attention = sorted({type(m).__name__ for m in hf.modules() if type(m).__name__.endswith("Attention")})
-    return (f"{arch.hf_class} cannot run with offloaded layers: TransformerLens's bridge computes its attention "
-            f"({', '.join(attention) or 'attention'}) from views of the weights made at load time, and an offloaded "
-            f"layer's weights exist only while accelerate's hook runs its HF module ({type(err).__name__}: {err}). "
+    return (f"{arch.hf_class} cannot run with offloaded layers: a part of TransformerLens's bridge for it reads weights "
+            f"that accelerate holds on disk or CPU outside the HF module that owns them ({type(err).__name__}: {err}). "
             "Give max_memory room for every layer on the devices you have (no 'disk' or 'cpu' offload), or load the "
-            "model whole. T5-style models (attention computed by the HF modules) offload.")
+            "model whole.")
 
 
 def _language_map(folder: Path) -> dict[str, str] | None:

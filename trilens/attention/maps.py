@@ -16,6 +16,7 @@ import torch
 from ..capture.objectives import StepScores, TokenScore
 from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from .flow import MAX_FLOW_TOKENS, attention_flow
 from .maps_result import RelevancyResult
@@ -91,10 +92,9 @@ def relevancy_maps(model: Model, inputs: Any, targets: Sequence[Any] | None = No
         generated = steps.generated
     maps = {m: _maps(model, grads, m, positions, valid, source_lengths, receptive_field, self_relevance, flow_max_tokens)
             for m in methods}
-    tok = model.tokenizer
 
     def names(ids: Sequence[int]) -> list[str]:
-        return tok.convert_ids_to_tokens(list(ids)) if tok else [str(i) for i in ids]
+        return token_names(model.tokenizer, ids)
 
     if model.family == "encoder-decoder":
         sources = [names(r[0]) for r in rows]

@@ -9,6 +9,7 @@ import torch
 
 from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from ..sources import is_source, model_inputs
 from .sensitivity import source_sensitivity
@@ -87,10 +88,9 @@ def attention_steps(
     if sensitivity is not None:
         sens = source_sensitivity(model, steps, method=sensitivity, probes=probes, seed=seed, progress=progress)
     baseline = uniform_source_mass(steps.source_lengths, steps.valid) if model.family == "decoder" else None
-    tok = model.tokenizer
     src_ids = [r[0] if isinstance(r, tuple) else r[: int(n)] for r, n in zip(steps.rows, steps.source_lengths)]
-    source_tokens = [tok.convert_ids_to_tokens(r) for r in src_ids] if tok else [[str(i) for i in r] for r in src_ids]
-    step_tokens = [[tok.convert_ids_to_tokens(i) if tok else str(i) for i in row if i >= 0] for row in steps.step_ids.tolist()]
+    source_tokens = [token_names(model.tokenizer, r) for r in src_ids]
+    step_tokens = [token_names(model.tokenizer, [i for i in row if i >= 0]) for row in steps.step_ids.tolist()]
     params = {"targets": "generated" if steps.generated else "given", "max_new_tokens": max_new_tokens,
               "sensitivity": sensitivity, "probes": probes, "seed": seed, "batch_size": batch_size,
               "generate_kwargs": {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool))}}

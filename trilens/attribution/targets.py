@@ -12,6 +12,7 @@ import torch
 from ..capture.objectives import ScoredRows, token_id, token_position
 from ..capture.steps_input import StepInputs, step_inputs
 from ..errors import InputError
+from ..inputs import token_names
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -33,8 +34,7 @@ class AttributionSteps:
 
 
 def _names(model: Model, ids: Sequence[int]) -> list[str]:
-    tok = model.tokenizer
-    return tok.convert_ids_to_tokens([int(i) for i in ids]) if tok else [str(int(i)) for i in ids]
+    return token_names(model.tokenizer, ids)
 
 
 def attribution_steps(model: Model, inputs: Any, targets: Any = None, *, contrast: Any = None, position: Any = None,

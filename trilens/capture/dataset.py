@@ -128,7 +128,8 @@ def capture_dataset(
         overwrite: replace whatever ``out_dir`` holds.
         shard: ``(i, n)`` or ``"i/n"``: do only this process's share; returns None until all parts exist.
         engine: ``"local"`` (this process) or ``"ray"``: the shards are written by a Ray Data actor pool of
-            ``num_workers`` workers (each loads the model once, with ``gpus_per_worker`` GPUs), on the cluster at
+            ``num_workers`` workers (each loads the model once, with ``gpus_per_worker`` GPUs; a model that
+            ``device_map`` placed is placed again in each worker, by ``"auto"`` over its own GPUs), on the cluster at
             ``address`` (``"auto"``: the one ``ray start`` began; None: a local one unless Ray is already running).
             Same store, same bytes; failed workers' shards are retried by Ray, and a re-run with ``resume`` goes on.
     """

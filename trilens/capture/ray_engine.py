@@ -44,11 +44,16 @@ class ShardWriter:
     """A Ray Data actor: loads the model once, then writes every shard it is handed."""
 
     def __init__(self, source: str, dtype: str, texts: Sequence[Any], out: str, settings: dict[str, Any],
-                 threads: int, device: str):
+                 threads: int, device: str, placed: bool):
+        import tempfile
+
         import trilens
 
         torch.set_num_threads(threads)
-        self.model = trilens.load(source, dtype=dtype, device=device)
+        if placed:  # as the driver's model was: split by accelerate over this worker's GPUs (and CPU, then disk)
+            self.model = trilens.load(source, dtype=dtype, device_map="auto", offload_folder=tempfile.mkdtemp())
+        else:
+            self.model = trilens.load(source, dtype=dtype, device=device)
         self.texts, self.out, self.settings = texts, Path(out), settings
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +102,8 @@ def capture_on_ray(model: Model, texts: Sequence[Any], todo: list[int], out: Pat
         num_cpus=cpus, num_gpus=gpus_per_worker,
         fn_constructor_kwargs={"source": model.name, "dtype": str(model.dtype).removeprefix("torch."),
                                "texts": list(texts), "out": str(out), "settings": settings, "threads": int(cpus),
-                               "device": "cuda" if gpus_per_worker else "cpu"})
+                               "device": "cuda" if gpus_per_worker else "cpu",
+                               "placed": model.placement() is not None})
     done = sorted(int(row["shard"]) for row in written.take_all())
     if done != sorted(todo):
         raise TrilensError(f"the Ray capture wrote shards {done}, not {sorted(todo)}; run again with resume=True.")

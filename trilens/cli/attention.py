@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .model_args import add_model, load_model
 from .readers import read_texts
 
 # Steps shown in the printed table (those beyond the longest generation are left out).
@@ -25,12 +26,10 @@ def _split(texts: list[Any]) -> tuple[list[Any], list[str] | None]:
 
 
 def cmd_attention_steps(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..attention import attention_steps
     from ..viz import write_html
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     if (args.texts is None) == (args.dataset is None):
         raise InputError("pass one of --texts FILE (one text per line, or JSON lines) and --dataset PATH (a datasets "
                          "folder, Parquet, JSON lines or CSV read by column).")
@@ -70,12 +69,10 @@ def maps_table(result: Any, sequence: int = 0, top: int = 3) -> str:
 
 
 def cmd_attention_relevancy(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..attention import relevancy_maps
     from ..viz import write_html
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     targets = None if args.target is None else [args.target]
     methods = args.methods or (["relevancy", "rollout"] + (["flow"] if model.family != "encoder-decoder" else []))
     result = relevancy_maps(model, [args.text], targets, methods=methods, max_new_tokens=args.max_new_tokens,
@@ -95,7 +92,7 @@ def cmd_attention_relevancy(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     attention = sub.add_parser("attention", help="attention over generation steps; relevancy, rollout, flow").add_subparsers(dest="attention", required=True)
     p = attention.add_parser("steps", help="per-step attention metrics and source sensitivity (after Fu et al. 2023)")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("--texts", type=Path, default=None,
                    help="prompts/sources one per line (the model generates), or JSON lines with \"text\", or with "
                         "\"source\" and \"target\" (teacher-forced; for decoder-only models the target continues the source)")
@@ -113,7 +110,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_attention_steps)
     p = attention.add_parser("relevancy", help="relevancy, rollout and flow maps of one input, per output step")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("text", help="a prompt, a source, or a text with a mask token (encoder-only)")
     p.add_argument("--target", default=None, help="teacher-forced target (encoder-only: the token to score at the mask); "
                                                    "default: the model's own greedy output")

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .model_args import add_model, load_model
+
 MAX_COLUMNS = 24  # steps shown in the printed table
 
 
@@ -33,11 +35,9 @@ def attribution_table(result: Any, sequence: int = 0, max_columns: int = MAX_COL
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..attribution import attribute
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     if model.family == "encoder-decoder" and args.target is not None:
         inputs, targets = [(args.text, args.target)], None
     else:
@@ -64,7 +64,7 @@ def add_parser(sub: Any) -> None:
     from ..attribution.methods import ALIASES, METHODS, STEP_SCORES
 
     p = sub.add_parser("attribute", help="attribution of each output token to the input (captum methods, all families)")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("text", help="a prompt, a source, or a text with mask tokens (encoder-only)")
     p.add_argument("--target", default=None, help="teacher-forced target (encoder-only: the token for the mask); "
                                                    "default: the model's own greedy output")

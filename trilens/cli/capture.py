@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .model_args import add_model, load_model
 from .readers import read_texts
 
 
 def run(args: argparse.Namespace) -> int:
-    import trilens
     from ..capture.dataset import capture_dataset
 
     if args.dataset is not None:
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
                           target_column=args.target_column).inputs
     else:
         texts = read_texts(args.texts)
-    model = trilens.load(args.model)
+    model = load_model(args)
     store = capture_dataset(model, texts, args.sites, args.out, batch_size=args.batch_size,
                             texts_per_shard=args.texts_per_shard, dtype=args.dtype, resume=args.resume,
                             overwrite=args.overwrite, shard=args.shard, truncate=args.truncate,
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("capture", help="stream activations of a corpus to an activation store")
-    p.add_argument("model")
+    add_model(p)
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--texts", type=Path, help="one text per line, or .jsonl with text or source/target")
     given.add_argument("--dataset", type=Path, help="a datasets save_to_disk folder, or a .parquet, .jsonl, .json or .csv "

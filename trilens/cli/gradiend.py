@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .model_args import add_model, load_model
+
 
 def _data(model: Any, args: argparse.Namespace) -> Any:
     from ..features import read_jsonl, zoo_feature_data
@@ -27,12 +29,10 @@ def _means_line(enc: Any) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..features import rewrite_grid, train_gradiend
     from ..features.folder import write_feature_folder
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     data = _data(model, args)
     gradiend = train_gradiend(model, data, params=args.params, exclude=args.exclude, keep_fraction=args.keep,
                               batch_size=args.batch_size, steps=args.steps, epochs=args.epochs,
@@ -54,11 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..features import FeatureRow
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     gradiend = _gradiend(args.gradiend).gradiend
     rows = [FeatureRow(t, args.token) for t in args.texts]
     enc = gradiend.encode(model, rows, progress=not args.no_progress)
@@ -72,12 +70,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_rewrite(args: argparse.Namespace) -> int:
-    import trilens
-
     from ..errors import InputError
     from ..features import read_jsonl, rewrite, rewrite_grid, save_model
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     folder = _gradiend(args.gradiend)
     gradiend = folder.gradiend
     data_file = args.data or folder.data_path
@@ -114,7 +110,7 @@ def add_parser(sub: Any) -> None:
     cmds = p.add_subparsers(dest="gradiend_command", required=True, metavar="ACTION")
 
     t = cmds.add_parser("train", help="learn a feature neuron for a two-class concept")
-    t.add_argument("model")
+    add_model(t)
     t.add_argument("--data", type=Path, default=None, help="JSON lines: text, factual, counterfactual, class (, split)")
     t.add_argument("--zoo-task", choices=["names", "logic"], default=None,
                    help="without --data: a zoo concept (default names; logic for encoder-decoders)")
@@ -138,7 +134,7 @@ def add_parser(sub: Any) -> None:
     t.set_defaults(func=cmd_train)
 
     e = cmds.add_parser("encode", help="the feature value of texts")
-    e.add_argument("model")
+    add_model(e)
     e.add_argument("gradiend", type=Path, help="the folder `gradiend train --out` wrote")
     e.add_argument("texts", nargs="+", help="texts with their class slot ([MASK] for encoder-only models)")
     e.add_argument("--token", default=None, help="the slot's token (default: the model's own prediction)")
@@ -147,7 +143,7 @@ def add_parser(sub: Any) -> None:
     e.set_defaults(func=cmd_encode)
 
     r = cmds.add_parser("rewrite", help="save a copy of the model rewritten along the feature")
-    r.add_argument("model")
+    add_model(r)
     r.add_argument("gradiend", type=Path, help="the folder `gradiend train --out` wrote")
     r.add_argument("--out", type=Path, required=True, help="folder for the rewritten HF model")
     r.add_argument("--h", type=float, default=None, help="feature value to push toward")

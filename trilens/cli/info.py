@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from .model_args import add_model, load_model
+
 
 def run(args: argparse.Namespace) -> int:
-    import trilens
-
-    model = trilens.load(args.model)
+    model = load_model(args)
     info = model.info()
     if args.json:
         print(json.dumps(info, indent=1))
@@ -32,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="family, stacks, layer counts and hook sites of a model")
-    p.add_argument("model", help="a model directory, hub id or zoo:NAME")
+    add_model(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
+from .model_args import add_model, load_model
 
 
 def _fmt(value: float) -> str:
@@ -86,10 +86,9 @@ def _print_accuracy(result: Any) -> None:
 
 
 def cmd_lens_language(args: argparse.Namespace) -> int:
-    import trilens
     from ..lens import language_lens
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     q = read_queries(args, model)
     result = language_lens(model, q.prompts, q.answers, q.languages, facts=q.facts, k=args.k,
                            language_map=_language_map(args.language_map))
@@ -140,10 +139,9 @@ def _sweep_tables(result: Any) -> None:
 
 
 def cmd_lens_shortcut(args: argparse.Namespace) -> int:
-    import trilens
     from ..lens import LinearShortcut, shortcut_sweep
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     q = read_queries(args, model)
     if args.action == "fit":
         if args.layer is None or args.out is None:
@@ -182,7 +180,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def add_parsers(lens: Any) -> None:
     """``language`` and ``shortcut`` under ``trilens lens``."""
     p = lens.add_parser("language", help="the language lens: answer rank per language, language of the lens's tokens")
-    p.add_argument("model")
+    add_model(p)
     _data_arguments(p)
     p.add_argument("--k", type=int, default=10, help="top tokens whose language is counted")
     p.add_argument("--language-map", type=Path, default=None, help="JSON object token -> language (default: the "
@@ -191,7 +189,7 @@ def add_parsers(lens: Any) -> None:
     p.set_defaults(func=cmd_lens_language)
     p = lens.add_parser("shortcut", help="the linear shortcut from a middle layer to the output: fit, eval or sweep")
     p.add_argument("action", choices=["fit", "eval", "sweep"])
-    p.add_argument("model")
+    add_model(p)
     _data_arguments(p)
     p.add_argument("--layer", type=int, default=None, help="fit: the layer the shortcut starts from")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="sweep: layers to try (default: all)")

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import language
+from .model_args import add_model, load_model
 from .readers import read_plain_texts
 
 
@@ -29,10 +30,9 @@ def _metrics_table(frame: Any) -> str:
 
 
 def cmd_lens_logit(args: argparse.Namespace) -> int:
-    import trilens
     from ..lens import logit_lens
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     inputs: Any = args.text
     if model.family == "encoder-decoder":
         if args.target is None:
@@ -49,10 +49,9 @@ def cmd_lens_logit(args: argparse.Namespace) -> int:
 
 
 def cmd_lens_decoder(args: argparse.Namespace) -> int:
-    import trilens
     from ..lens import decoder_lens
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     refs = [args.reference] if args.reference is not None else None
     result = decoder_lens(model, [args.source], references=refs, mode=args.mode, max_new_tokens=args.max_new_tokens)
     print(f"decoder lens — {model.name}: what the decoder outputs when it reads encoder layer k\n")
@@ -63,10 +62,9 @@ def cmd_lens_decoder(args: argparse.Namespace) -> int:
 
 
 def cmd_lens_tuned(args: argparse.Namespace) -> int:
-    import trilens
     from ..lens import TunedLens, logit_lens, run_lens
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     texts = read_plain_texts(args.texts, "the tuned lens")
     if args.action == "train":
         lens = TunedLens.from_model(model)
@@ -87,13 +85,13 @@ def cmd_lens_tuned(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     lens = sub.add_parser("lens", help="logit, decoder, tuned and language lenses; the linear shortcut").add_subparsers(dest="lens", required=True)
     p = lens.add_parser("logit", help="the logit lens on one text")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("text")
     p.add_argument("--target", default=None, help="the target text (encoder-decoder models)")
     p.add_argument("--out", type=Path, default=None, help="save the result to this folder")
     p.set_defaults(func=cmd_lens_logit)
     p = lens.add_parser("decoder", help="the decoder lens on one source (encoder-decoder models)")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("source")
     p.add_argument("--reference", default=None)
     p.add_argument("--mode", choices=["generate", "teacher"], default="generate")
@@ -102,7 +100,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_lens_decoder)
     p = lens.add_parser("tuned", help="train or evaluate a tuned lens")
     p.add_argument("action", choices=["train", "eval"])
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("--texts", type=Path, required=True)
     p.add_argument("--out", type=Path, help="train: where to save the lens")
     p.add_argument("--lens", type=Path, help="eval: the saved lens")

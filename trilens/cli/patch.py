@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .model_args import add_model, load_model
 
 GENERATED_TARGET_TOKENS = 32  # an encoder-decoder given no --target is teacher-forced on its own greedy output
 
@@ -88,9 +89,8 @@ def top_table(result: Any, k: int) -> str:
 def load_pairs(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any], Any, str]:
     """The model, the clean and corrupted inputs, the metric and the target note: what ``patch`` and ``circuit``
     start from."""
-    import trilens
 
-    model = trilens.load(args.model)
+    model = load_model(args)
     clean, corrupted, note = pair_inputs(model, args.clean, args.corrupted, args.target)
     return model, clean, corrupted, build_metric(args, len(clean)), note
 
@@ -124,7 +124,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def add_pair_arguments(p: argparse.ArgumentParser) -> None:
     """MODEL, the clean and corrupted inputs, the target and the metric: what ``patch`` and ``circuit`` share."""
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("--clean", action="extend", nargs="+", required=True, metavar="TEXT",
                    help="the clean input(s) (an encoder-decoder's source; an encoder's text with its [MASK])")
     p.add_argument("--corrupted", action="extend", nargs="+", required=True, metavar="TEXT",

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .model_args import add_model, load_model
 from .readers import read_labelled
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from sklearn.exceptions import ConvergenceWarning
 
-    import trilens
     from ..probes import probe_layers
     from ..probes.solver import MAX_ITER
 
@@ -29,7 +29,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.on_disk and not args.store:
         raise InputError("--on-disk keeps features from a store on disk: pass --store DIR (an ActivationStore of "
                          "the same texts, captured with `trilens capture ... --sites resid`).")
-    model = trilens.load(args.model)
+    model = load_model(args)
     source: Any = model
     if args.store:
         from ..capture.store import ActivationStore
@@ -61,7 +61,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="layerwise probes: how decodable a label is at every layer")
-    p.add_argument("model")
+    add_model(p)
     p.add_argument("--data", type=Path, required=True, help="JSON lines with \"text\" (or source/target) and the label; "
                    "or a datasets save_to_disk folder, a .parquet, .csv or .json file (read by column)")
     p.add_argument("--split", default=None, help="--data a dataset dict: its split")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from ..results import Result, register_result
 from .data import FeatureRow
@@ -137,7 +138,7 @@ def encode_rows(gradiend: Gradiend, model: Model, rows: Sequence[FeatureRow | st
         used.append(u)
     values, used = torch.cat(values), torch.cat(used)
     ids = used.tolist()
-    tokens = model.tokenizer.convert_ids_to_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids]
+    tokens = token_names(model.tokenizer, ids)
     info = provenance(model, "gradiend_encode", {"source": gradiend.source}, len(rows),
                       gradiend={"classes": list(gradiend.classes), "evaluation_abs_r": gradiend.evaluation.get("abs_r")})
     return EncodingResult(values=values, texts=[r.text for r in rows], labels=given, tokens=tokens,

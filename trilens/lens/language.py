@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from .language_result import LanguageLensResult
 from .languages import LanguageMap, answer_table, parallel_facts, read_layers, slot_states, token_language
@@ -68,7 +69,7 @@ def language_lens(model: Model, prompts: Sequence[str], answers: Sequence[Any], 
     k = min(k, model.vocab_size)
     rank, prob, top_ids, top_probs = read_layers(unembed, states, ids, k)
     used = sorted(set(top_ids.unique().tolist()) | set(ids[ids >= 0].unique().tolist()))
-    vocab = dict(zip(used, model.tokenizer.convert_ids_to_tokens(used)))
+    vocab = dict(zip(used, token_names(model.tokenizer, used)))
     token_langs = {i: lang_of(tok.lstrip("Ġ▁ ") if isinstance(tok, str) else str(tok)) for i, tok in vocab.items()}
     pairs, cos, baseline = _cosines(states, fact_ids, languages)
     params = {"k": k, "n_prompts": len(prompts), "answer_languages": answer_langs, "stack": model.stacks[-1]}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from .divergence import row_dot
 from .result import LensResult
@@ -131,8 +132,7 @@ def run_lens(model: Model, inputs: Any, lens: Lens | None = None, *, stack: str 
     with torch.no_grad():
         res = lens_states(lens, states, k=k, final=final if isinstance(lens, LogitLens) else None, targets=tgt)
     used = set(res["top_ids"].unique().tolist()) | set(cache.ids[stack].unique().tolist()) | set(tgt[tgt >= 0].unique().tolist())
-    names = model.tokenizer.convert_ids_to_tokens(sorted(used)) if model.tokenizer else []
-    vocab = {i: s if s is not None else f"<{i}>" for i, s in zip(sorted(used), names)}
+    vocab = dict(zip(sorted(used), token_names(model.tokenizer, sorted(used)))) if model.tokenizer else {}
     return LensResult(top_ids=res.pop("top_ids"), top_probs=res.pop("top_probs"), metrics=res, mask=cache.mask(stack),
                       input_ids=cache.ids[stack], targets=tgt, vocab=vocab,
                       info=provenance(model, f"{lens.name} lens", {"stack": stack, "k": k, "positions": positions},

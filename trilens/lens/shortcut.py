@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..capture import SiteMap, read_until
 from ..errors import InputError
+from ..inputs import token_names
 from ..provenance import provenance
 from ..results import Result, register_result
 from .languages import answer_id, slot_inputs
@@ -140,7 +141,7 @@ class LinearShortcut(Result):
     def predict(self, model: Model, prompts: Sequence[str], *, k: int = 1) -> list[list[str]]:
         """The top ``k`` tokens of the shortcut's prediction for each prompt."""
         top = self.logits(model, prompts).topk(k, dim=-1).indices
-        return [model.tokenizer.convert_ids_to_tokens(row) for row in top.tolist()]
+        return [token_names(model.tokenizer, row) for row in top.tolist()]
 
     def _check(self, model: Model) -> None:
         n = model.n_layers[model.stacks[-1]]

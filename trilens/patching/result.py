@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..inputs import token_names
 from ..results import Result, group, register_result
 from .cells import Panel
 
@@ -24,7 +25,7 @@ def stack_tokens(model: Model, batch: Batch) -> dict[str, list[list[str]]]:
     for stack, ids in batch.ids.items():
         mask = batch.masks[stack].cpu()
         rows = [ids[r].cpu()[mask[r]].tolist() for r in range(ids.shape[0])]
-        out[stack] = [model.tokenizer.convert_ids_to_tokens(r) if model.tokenizer else [str(t) for t in r] for r in rows]
+        out[stack] = [token_names(model.tokenizer, r) for r in rows]
     return out
 
 
