@@ -1,6 +1,8 @@
-"""bfloat16 (issue 26): every analysis runs on a model loaded in bfloat16, and its results stay within a stated
-tolerance of the same analysis in float32, on the trained zoo models (random weights would make the tolerances
-meaningless: their sublayer outputs sit below bfloat16's rounding of the residual stream)."""
+"""16-bit weights (issue 26): every analysis runs on a model loaded in bfloat16 or float16, and its results stay within
+a stated tolerance of the same analysis in float32, on the trained zoo models (random weights would make the
+tolerances meaningless: their sublayer outputs sit below bfloat16's rounding of the residual stream). The tolerances
+are bfloat16's (8 bits of mantissa); float16 (11 bits) must meet them too, except where its narrow exponent range
+shows (edge scores of 1e-5 nats)."""
 
 import numpy as np
 import pytest
@@ -25,14 +27,16 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@pytest.fixture(scope="module", params=["zoo:gpt", "zoo:t5"])
+@pytest.fixture(scope="module", params=[(m, d) for d in ("bfloat16", "float16") for m in ("zoo:gpt", "zoo:t5")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def both(request):
-    return request.param, trilens.load(request.param), trilens.load(request.param, dtype="bfloat16")
+    name, dtype = request.param
+    return name, trilens.load(name), trilens.load(name, dtype=dtype)
 
 
 def test_forward_trace_and_generation(both):
     name, f32, b16 = both
-    assert b16.dtype == torch.bfloat16
+    assert b16.dtype in (torch.bfloat16, torch.float16)
     inputs = INPUTS[name]
     logits, ref = b16.run(inputs), f32.run(inputs)
     assert relative(logits, ref) < 0.03
@@ -75,7 +79,9 @@ def test_attention_patching_edges_and_the_shortcut(both):
     eb = edge_attribution(f32, clean, corrupted, "kl", steps=2, progress=False).to_frame()
     merged = eb.merge(ea, on=["sender", "receiver"], suffixes=("", "_bf16"))
     assert len(merged) == len(ea) == len(eb)  # the same graph: every sum holds to bfloat16's rounding
-    assert np.corrcoef(merged["score"], merged["score_bf16"])[0, 1] > 0.999
+    # float16's narrow exponent: these scores (~1e-5 nats) lie near its subnormal range (below 6e-5), so its
+    # gradients keep fewer bits than bfloat16's here
+    assert np.corrcoef(merged["score"], merged["score_bf16"])[0, 1] > (0.999 if b16.dtype == torch.bfloat16 else 0.998)
     wa = LinearShortcut.fit(b16, sources, layer=1, progress=False).W
     wb = LinearShortcut.fit(f32, sources, layer=1, progress=False).W
     assert wa.dtype == torch.float32 and relative(wa, wb) < 0.05

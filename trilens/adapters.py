@@ -12,6 +12,12 @@ bridge's attention reads the weights of its projections outside their modules' r
 one by one (``hook_result`` multiplies each head's z by its slice of W_O; ``hook_q_input`` and ``hook_attn_in``
 project each head's copy by its slice of W_Q, W_K, W_V), so such a bridge's attention components run with their whole
 layer's weights brought in (``_onload_attention``): one attention layer at a time, as accelerate itself would.
+
+HF keeps some modules in float32 when a model loads in float16 (``_keep_in_fp32_modules``: T5's ``wo``), and relies
+on its norms to bring the float32 residual stream back to the weights' dtype (``T5LayerNorm`` casts to its weight's
+dtype). The bridge's norms return their input's dtype instead, so the next 16-bit projection would receive float32;
+in such a mixed-dtype model the bridge's norms cast their output to their weight's dtype, as HF's do
+(``_norms_in_weight_dtype``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 from .devices import onloaded
 from .errors import UnsupportedArchitectureError
@@ -69,7 +77,26 @@ def build_bridge(hf: Any, name: str) -> Any:
                 "and the same FFN width (unequal depths are fine)."
             ) from err
     _onload_attention(bridge)
+    _norms_in_weight_dtype(bridge, hf)
     return bridge
+
+
+def _norms_in_weight_dtype(bridge: Any, hf: Any) -> None:
+    """In a model whose weights have several float dtypes, each bridge norm's output takes its weight's dtype."""
+    from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
+
+    if len({p.dtype for p in hf.parameters() if p.is_floating_point()}) < 2:
+        return
+
+    def cast(module: Any, args: Any, output: Any) -> Any:
+        weight = getattr(module.original_component, "weight", None)
+        if isinstance(output, torch.Tensor) and weight is not None and output.dtype != weight.dtype:
+            return output.to(weight.dtype)
+        return output
+
+    for component in bridge.modules():
+        if isinstance(component, NormalizationBridge) and component.original_component is not None:
+            component.register_forward_hook(cast)
 
 
 def _onload_attention(bridge: Any) -> None:
