@@ -1,6 +1,7 @@
 """What each analysis costs at real model sizes (issue 26): random weights at real shapes, on this machine.
 
     python benchmarks/scale.py [--models gpt2-small t5-base pythia-410m llama-1b] [--batch 2] [--length 40]
+                               [--only NAME ...] [--split]
 
 Per model, a batch of random token ids (encoder-decoders: sources of --length and targets of half that), and per
 analysis its wall time as a multiple of one plain HF forward of the same batch (forward + backward for the analyses
@@ -16,6 +17,14 @@ Each number is one run (the baseline the best of three); run it alone on the mac
   relevancy         ``relevancy_maps``, 4 generated steps
   patching sweep    ``patching_sweep`` over resid_pre at every layer and position of one 16-token pair
   shortcut fit      ``LinearShortcut.fit`` from the middle layer over the batch (decoder-only)
+  GRADIEND pair     ``GradientReader.pair``: the factual and the counterfactual weight gradient at the class slot
+                    over every base-model parameter, flattened to float32 (what GRADIEND trains on; one batch)
+
+``--only`` keeps the analyses whose names start with one of its words. ``--split`` adds, per model, the same model
+saved and loaded again with accelerate's ``device_map="auto"`` over half its weights' size of CPU memory, the rest
+offloaded to disk: forward, trace, gradients and the logit lens, whole against split, with the time as a multiple of
+the whole model's and the peak memory of each device (CPU: the resident set's peak above the loaded model; disk: the
+offload folder, read again on every forward).
 """
 
 from __future__ import annotations
@@ -36,6 +45,30 @@ sys.path.insert(0, os.path.dirname(__file__))
 from memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
 
 STEPS = 32
+WORDS = 2000  # the benchmark tokenizer's words w3..w1999 are ids 3..1999 (0-2: pad, unknown, end)
+
+
+def word_tokenizer():
+    """A word-level tokenizer over ids 0..WORDS-1 (the random models have none; GRADIEND's rows are texts)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, **{f"w{i}": i for i in range(3, WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+
+
+def gradiend_pair(model, batch: int, length: int):
+    """One GRADIEND batch: ``batch`` rows of ``length`` words, their factual and counterfactual gradients."""
+    from trilens.features import FeatureRow
+    from trilens.features.gradients import GradientReader
+    from trilens.features.params import select_parameters
+
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(3, WORDS, (batch, length), generator=g).tolist()
+    rows = [FeatureRow(" ".join(f"w{i}" for i in r), factual=5, counterfactual=6, label="a") for r in words]
+    return lambda: GradientReader(model, select_parameters(model)).pair(rows)
 
 
 def build(name: str):
@@ -81,11 +114,58 @@ def measure(fn, repeats: int = 1) -> tuple[float, float]:
     return best, peak
 
 
+def split_table(name: str, whole, inputs, t_fwd: float, weights_mb: float) -> None:
+    """The model placed over CPU and disk against the model whole: forward, trace, gradients, logit lens."""
+    import tempfile
+    from pathlib import Path
+
+    import trilens
+    from trilens import StepScores
+    from trilens.lens import logit_lens
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh, _ = build(name)  # the same weights (seeded), without the bridge's views into them
+        fresh.save_pretrained(Path(tmp, "model"))
+        del fresh
+        whole.tokenizer.save_pretrained(Path(tmp, "model"))
+        split = trilens.load(Path(tmp, "model"), device_map="auto", max_memory={"cpu": int(weights_mb / 2 * 2**20)},
+                             offload_folder=str(Path(tmp, "offload")))
+        sizes = {}
+        for p in {id(p): p for p in split.hf_model.parameters()}.values():  # each parameter once (tied ones too)
+            sizes[p.device.type] = sizes.get(p.device.type, 0) + p.numel() * p.element_size() / 2**20
+        on_disk = sizes.get("meta", 0.0)  # read from the checkpoint's safetensors by accelerate when its layer runs
+        placement = split.placement()
+        layers = sum(1 for d in placement.values() if d == "disk")
+        print(f"### {name} split by accelerate: {sizes.get('cpu', 0):.0f} MB of weights in CPU memory, {on_disk:.0f} MB "
+              f"on disk ({layers} of {len(placement)} parts)")
+        print(f"{'analysis':<28}{'whole s':>9}{'split s':>9}{'x whole':>9}{'whole MB':>10}{'split MB':>10}"
+              f"{'disk MB':>9}")
+
+        def forward(m):
+            return lambda: m.run(inputs)
+
+        for what, fn in {"forward": forward,
+                         "trace (all residuals)": lambda m: lambda: m.trace(inputs, sites="resid"),
+                         f"gradients ({STEPS} steps)": lambda m: lambda: m.gradients(inputs, StepScores(),
+                                                                                  sites="resid_post", embeddings=False),
+                         "logit lens": lambda m: lambda: logit_lens(m, inputs)}.items():
+            try:
+                (tw, mw), (ts, ms) = measure(fn(whole)), measure(fn(split))
+            except Exception as err:  # noqa: BLE001 - one line per analysis that cannot run split
+                print(f"{what:<28}  {type(err).__name__}: {str(err).splitlines()[0][:80]}")
+                continue
+            print(f"{what:<28}{tw:>9.2f}{ts:>9.2f}{ts / tw:>8.1f}x{mw:>+10.0f}{ms:>+10.0f}{on_disk:>9.0f}")
+        print()
+        del split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["gpt2-small", "t5-base", "pythia-410m", "llama-1b"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=40)
+    parser.add_argument("--only", nargs="+", default=None, help="analyses whose names start with one of these")
+    parser.add_argument("--split", action="store_true", help="also whole against split over CPU and disk")
     args = parser.parse_args()
     import trilens
     from trilens import StepScores
@@ -97,7 +177,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {args.length} tokens\n")
     for name in args.models:
         hf, dtype = build(name)
-        model = trilens.load(hf)
+        model = trilens.load(hf, tokenizer=word_tokenizer())
         weights_mb = sum(p.numel() * p.element_size() for p in hf.parameters()) / 2**20
         vocab = hf.config.vocab_size
         g = torch.Generator().manual_seed(0)
@@ -146,6 +226,9 @@ def main() -> None:
         if model.family == "decoder":
             analyses["shortcut fit (mid layer)"] = (lambda: LinearShortcut.fit(model, inputs, layer=half, progress=False),
                                                     t_fb)
+        analyses["GRADIEND pair (all weights)"] = (gradiend_pair(model, args.batch, args.length), t_fb)
+        if args.only:
+            analyses = {k: v for k, v in analyses.items() if any(k.lower().startswith(w.lower()) for w in args.only)}
         print(f"## {name} ({sum(p.numel() for p in hf.parameters()) / 1e6:.0f} M parameters, {str(dtype)[6:]}, weights "
               f"{weights_mb:.0f} MB): forward {t_fwd:.2f} s (+{m_fwd:.0f} MB), forward + backward {t_fb:.2f} s "
               f"(+{m_fb:.0f} MB)")
@@ -159,6 +242,8 @@ def main() -> None:
             print(f"{what:<28}{t:>9.2f}{t / base:>11.1f}x{'fwd' if base is t_fwd else 'fwd+bwd':>10}{m:>+9.0f}"
                   f"{m / weights_mb:>10.2f}x")
         print()
+        if args.split:
+            split_table(name, model, inputs, t_fwd, weights_mb)
         del model, hf
 
 

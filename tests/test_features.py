@@ -319,3 +319,15 @@ def test_a_bridge_whose_weights_no_longer_share_memory_with_hf_is_refused_and_mo
     ref_f, _ = _reference_gradient(tiny_path("gpt2"), layout, rows, fresh.tokenizer.convert_tokens_to_ids)
     torch.testing.assert_close(g_f, ref_f, rtol=1e-4, atol=1e-6)
     assert fresh.to("cpu") is fresh and GradientReader(fresh, layout).size == layout.size
+
+
+def test_a_bridge_that_computes_from_copies_is_refused_only_where_its_copies_are(tiny, tiny_path):
+    model = tiny("gpt_neox")  # TransformerLens's NeoX bridge copies the head-interleaved query_key_value
+    with pytest.raises(InputError, match=r"attention\.q\.weight.*query_key_value\.weight.*exclude="):
+        GradientReader(model, select_parameters(model))
+    layout = select_parameters(model, exclude="*.attention.*")
+    rows = TINY_ROWS["gpt2"]
+    g_f, g_c = GradientReader(model, layout).pair(rows)
+    ref_f, ref_c = _reference_gradient(tiny_path("gpt_neox"), layout, rows, model.tokenizer.convert_tokens_to_ids)
+    torch.testing.assert_close(g_f, ref_f, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g_c, ref_c, rtol=1e-4, atol=1e-6)

@@ -78,6 +78,39 @@ def test_a_dataset_gives_the_same_store_as_its_texts(tiny, sources, tmp_path):
             assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), (name, shard.name)
 
 
+def test_a_source_streams_into_the_store_a_shard_at_a_time(tiny, tmp_path):
+    import pickle
+
+    from trilens.source_stream import StreamedRows
+
+    many = [f"{TEXTS[i % len(TEXTS)]} {i % 7}" for i in range(50)]
+    pq.write_table(pa.table({"text": many}), tmp_path / "many.parquet", row_group_size=8)
+    (tmp_path / "many.jsonl").write_text("".join(json.dumps({"text": t}) + "\n\n" for t in many))  # blank lines too
+    datasets.Dataset.from_dict({"text": many}).save_to_disk(str(tmp_path / "many"))
+    for name in ("many.parquet", "many.jsonl", "many"):
+        rows = StreamedRows(tmp_path / name)
+        assert len(rows) == 50 and rows.rows_read == 0  # nothing read yet: the length comes from the index
+        assert rows[17:23] == many[17:23] and rows[-1] == many[-1] and rows[::10] == many[::10], name
+        assert list(rows) == many and pickle.loads(pickle.dumps(rows))[30:33] == many[30:33], name
+    model = tiny("gpt2")
+    want = capture_dataset(model, many, "resid_post", tmp_path / "list", texts_per_shard=16, progress=False)
+    for name in ("many.parquet", "many.jsonl"):
+        got = capture_dataset(model, tmp_path / name, "resid_post", tmp_path / f"s-{name}", texts_per_shard=16,
+                              progress=False)
+        assert got.manifest["texts_sha256"] == want.manifest["texts_sha256"]
+        for shard in sorted((tmp_path / "list").glob("shard-*.safetensors")):
+            a, b = load_file(shard), load_file(tmp_path / f"s-{name}" / shard.name)
+            assert all((a[k] == b[k]).all() for k in a), (name, shard.name)
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": 3}\n{"other": 1}\n')
+    bad = StreamedRows(tmp_path / "bad.jsonl")
+    with pytest.raises(InputError, match=r"row 1 \(from 0\): column .text. holds a int"):
+        bad[1:2]
+    with pytest.raises(InputError, match="row 3 has no 'text' field"):
+        bad[2]
+    with pytest.raises(InputError, match="no column 'sentence'; its columns are text"):
+        StreamedRows(tmp_path / "many.parquet", text_column="sentence")
+
+
 def test_capture_command_reads_a_dataset(sources, tmp_path, tiny_path, capsys):
     out = tmp_path / "store"
     assert main(["capture", str(tiny_path("gpt2")), "--dataset", str(sources["dict folder"]), "--split", "test",

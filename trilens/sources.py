@@ -70,7 +70,7 @@ def read_rows(source: Any, *, split: str | None = None, text_column: str = "text
     return Rows(inputs, values[label_column] if label_column else None, columns)
 
 
-def _dataset(source: Any, split: str | None) -> Any:
+def open_dataset(source: Any, split: str | None) -> Any:
     """A ``datasets.Dataset`` from a dataset, a dataset dict (and ``split``) or a ``save_to_disk`` folder."""
     import datasets
 
@@ -93,7 +93,7 @@ def _dataset(source: Any, split: str | None) -> Any:
     return source
 
 
-def _file(source: Any) -> Path | None:
+def data_file(source: Any) -> Path | None:
     if not isinstance(source, (str, os.PathLike)):
         return None
     path = Path(source)
@@ -109,9 +109,9 @@ def _file(source: Any) -> Path | None:
 def _open(source: Any, split: str | None) -> tuple[list[str], Callable[[list[str]], dict[str, list[Any]]]]:
     """The source's columns, and a reader of chosen columns; each source is opened once (a Parquet file's columns
     come from its schema, and only the chosen ones are read)."""
-    path = _file(source)
+    path = data_file(source)
     if path is None:
-        data = _dataset(source, split)
+        data = open_dataset(source, split)
         return list(data.column_names), lambda names: {n: list(data[n]) for n in names}
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -23,7 +23,8 @@ from ..devices import as_dtype, dtype_name
 from ..errors import InputError, StoreError
 from ..provenance import model_fingerprint
 from ..sites import PATTERN_KINDS
-from ..sources import is_source, read_rows
+from ..source_stream import StreamedRows
+from ..sources import is_source
 from .shards import capture_shard, shard_block, store_stacks
 from .store import (
     FORMAT,
@@ -120,7 +121,8 @@ def capture_dataset(
     Args:
         texts: strings, or (source, target) pairs for encoder-decoder models; or a data source (a ``datasets.Dataset``
             or ``DatasetDict``, a ``save_to_disk`` folder, a Parquet, JSON-lines or CSV file as a ``Path``), whose
-            ``text_column`` (and ``target_column``) are read, from ``split``.
+            ``text_column`` (and ``target_column``) are read, from ``split``, a shard at a time as the capture goes
+            (``trilens.source_stream.StreamedRows``: memory holds one shard's rows, not the corpus).
         sites: hook names or kinds of per-token activations (attention patterns are refused).
         texts_per_shard: texts per shard file; memory holds one shard's activations at a time.
         dtype: the dtype stored on disk (default: the model's).
@@ -133,8 +135,8 @@ def capture_dataset(
             ``address`` (``"auto"``: the one ``ray start`` began; None: a local one unless Ray is already running).
             Same store, same bytes; failed workers' shards are retried by Ray, and a re-run with ``resume`` goes on.
     """
-    if is_source(texts):
-        texts = read_rows(texts, split=split, text_column=text_column, target_column=target_column).inputs
+    if is_source(texts):  # read on demand, a shard at a time: the corpus need not fit in memory
+        texts = StreamedRows(texts, split=split, text_column=text_column, target_column=target_column)
     if isinstance(texts, (str, bytes)) or len(texts) == 0:
         raise InputError("capture_dataset needs a non-empty sequence of texts.")
     if batch_size < 1 or texts_per_shard < 1:

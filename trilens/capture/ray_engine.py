@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, TrilensError
+from ..source_stream import StreamedRows
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -101,7 +102,7 @@ def capture_on_ray(model: Model, texts: Sequence[Any], todo: list[int], out: Pat
         ShardWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(todo))),
         num_cpus=cpus, num_gpus=gpus_per_worker,
         fn_constructor_kwargs={"source": model.name, "dtype": str(model.dtype).removeprefix("torch."),
-                               "texts": list(texts), "out": str(out), "settings": settings, "threads": int(cpus),
+                               "texts": texts if isinstance(texts, StreamedRows) else list(texts), "out": str(out), "settings": settings, "threads": int(cpus),
                                "device": "cuda" if gpus_per_worker else "cpu",
                                "placed": model.placement() is not None})
     done = sorted(int(row["shard"]) for row in written.take_all())

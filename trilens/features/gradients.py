@@ -100,7 +100,7 @@ class GradientReader:
 
     def __init__(self, model: Model, layout: ParamLayout, keep: torch.Tensor | None = None):
         self.model, self.layout = model, layout
-        check_weights_shared(model)
+        check_weights_shared(model, layout.names)
         self.params = layout.parameters(model)
         # The leaves autograd sees: each parameter and the views the forward reads it through.
         self.leaves = aliases(model, self.params)

@@ -108,18 +108,27 @@ def hf_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
     return {n: named[n] for n in base_names}
 
 
-def check_weights_shared(model: Model) -> None:
+def check_weights_shared(model: Model, names: Sequence[str] | None = None) -> None:
     """Every weight the bridge adds of its own (GPT-2's split q/k/v, say) must be a view of an HF parameter, so that
-    HF's names address what the forward reads. A dtype or device change of ``model.hf_model`` after loading copies
-    each tensor on its own and breaks that; refuse rather than read or write the wrong weights."""
+    HF's names address what the forward reads; refuse rather than read or write the wrong weights. Two things break
+    it: a dtype or device change of ``model.hf_model`` after loading (it copies each tensor on its own), and a bridge
+    that computes from copies (TransformerLens's GPT-NeoX bridge copies the head-interleaved ``query_key_value``).
+    With ``names`` (HF parameter names), only a bridge weight in the module of one of them is refused."""
     named, _ = _hf_layout(model)
     memory = {p.untyped_storage().data_ptr() for p in named.values()}
     for name, p in model.hf_model.named_parameters(remove_duplicate=False):
         clean = name.replace("._original_component", "")
-        if clean not in named and p.untyped_storage().data_ptr() not in memory:
-            raise InputError(f"the bridge's weight {clean!r} is no longer part of an HF parameter (a .to(dtype or "
-                             "device) of model.hf_model after loading splits them; model.to(device) keeps them): load "
-                             "the model again, giving dtype= and device= to trilens.load.")
+        if clean in named or p.untyped_storage().data_ptr() in memory:
+            continue
+        module = clean.rsplit(".", 2)[0]  # "...attention.q.weight" -> "...attention"
+        hit = [n for n in names if n.startswith(f"{module}.")] if names is not None else [clean]
+        if hit:
+            raise InputError(
+                f"the forward reads {clean!r}, which is not part of the HF parameter {hit[0]!r} it comes from: either "
+                f"model.hf_model was moved with .to(dtype or device) after loading (load the model again, giving dtype= and "
+                f"device= to trilens.load; model.to(device) is fine), or TransformerLens's {model.architecture} bridge "
+                f"computes from a copy of it (GPT-NeoX's fused query_key_value): leave {module} out (params= / "
+                f"exclude=, e.g. exclude='*.attention.*').")
 
 
 def aliases(model: Model, params: Sequence[torch.Tensor]) -> list[list[torch.nn.Parameter]]:

@@ -56,7 +56,7 @@ class WeightEditor:
     """Sets ``model``'s weights to θ0 + delta on ``gradiend``'s coordinates, for any delta, and back."""
 
     def __init__(self, model: Model, layout: ParamLayout, keep: torch.Tensor | None):
-        check_weights_shared(model)
+        check_weights_shared(model, layout.names)
         params = layout.parameters(model)
         self.targets = [(params[i].detach().view(-1), index, count) for i, index, count in layout.pieces(keep)]
         with torch.no_grad():
