@@ -133,6 +133,19 @@ def test_probes_read_texts_and_labels_from_a_dataset(tiny, sources):
         probe_layers(model, sources["jsonl"], label_column="gold", cv=2, progress=False)
 
 
+def test_probes_on_disk_read_a_store_with_its_source(tiny, sources, tmp_path):
+    from trilens.probes import probe_layers
+
+    model = tiny("bert")
+    store = capture_dataset(model, TEXTS, "resid", tmp_path / "store", texts_per_shard=4, progress=False)
+    want = probe_layers(store, TEXTS, LABELS, cv=2, control=False, on_disk=True, progress=False)
+    for name in ("parquet", "jsonl", "folder"):  # texts streamed (checked against the store), labels read
+        got = probe_layers(store, sources[name], cv=2, control=False, on_disk=True, progress=False)
+        assert got.to_frame().equals(want.to_frame()), name
+    with pytest.raises(InputError, match="not the ones the store"):
+        probe_layers(store, sources["parquet"], text_column="target", cv=2, on_disk=True, progress=False)
+
+
 def test_probe_command_reads_parquet_as_it_reads_json_lines(sources, tiny_path, capsys):
     model = str(tiny_path("bert"))
     common = ["--label", "label", "--cv", "2", "--no-control", "--no-progress"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..provenance import provenance
-from ..sources import is_source, read_rows
+from ..sources import is_source, read_columns, read_rows
 from .batched import LayerLogistic, fit_layers, fit_ridge_layers, fit_ridge_rows
 from .representations import Features, features_from_model, features_from_store
 from .rows import ChunkedRows, Rows
@@ -272,7 +272,17 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
             ``labels`` are given, its labels.
     """
     training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)  # bad settings fail before the model runs
-    if is_source(inputs):
+    from ..capture.store import ActivationStore
+
+    if is_source(inputs) and isinstance(source, ActivationStore):
+        # the store holds the activations: its texts are read a chunk at a time (to check they are the stored ones,
+        # and to align word labels), and only the label column is read whole
+        from ..source_stream import StreamedRows
+
+        if labels is None:
+            labels = read_columns(inputs, [label_column], split=split)[label_column]
+        inputs = StreamedRows(inputs, split=split, text_column=text_column)
+    elif is_source(inputs):
         rows = read_rows(inputs, split=split, text_column=text_column, label_column=None if labels else label_column)
         inputs, labels = rows.inputs, labels if labels is not None else rows.labels
     if isinstance(source, Features):
@@ -280,8 +290,6 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
     else:
         if labels is None:
             raise InputError("pass labels: one per text (or one list of word labels per text at token level).")
-        from ..capture.store import ActivationStore
-
         if isinstance(source, ActivationStore):
             feat = features_from_store(source, labels, level=level, pooling=pooling, subword=subword, stacks=stacks,
                                        texts=inputs, tokenizer=tokenizer, on_disk=on_disk, progress=progress)

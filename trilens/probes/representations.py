@@ -274,7 +274,7 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
     if texts is not None:
         from ..capture.dataset import texts_hash
 
-        if len(texts) != store.n_texts or texts_hash(list(texts)) != store.manifest.get("texts_sha256"):
+        if len(texts) != store.n_texts or texts_hash(texts) != store.manifest.get("texts_sha256"):
             raise InputError(f"these {len(texts)} texts are not the ones the store at {store.path} was captured from "
                              f"({store.n_texts} texts; their fingerprint differs): pass the stored texts, in order.")
     stacks = list(stacks or store.manifest["stacks"])
