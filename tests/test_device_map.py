@@ -43,6 +43,7 @@ def test_offloaded_layers_are_on_disk_and_the_placement_is_shown(placed):
     assert split.info()["placement"] == placement and whole.placement() is None
     assert any(p.device.type == "meta" for p in split.hf_model.parameters())  # really not in memory
     assert split.device == torch.device("cpu")
+    assert split.result_device == split.device and whole.result_device is None  # activations gathered on one device
     assert model_fingerprint(split) == model_fingerprint(whole)  # the same weights, read from the offload folder
     with pytest.raises(TrilensError, match="placed by a device_map"):
         split.to("cpu")

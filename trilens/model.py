@@ -125,6 +125,12 @@ class Model:
             "n_sites": len(self.site_index.names), "placement": self.placement(),
         }
 
+    @property
+    def result_device(self) -> torch.device | None:
+        """Where captured activations go unless an analysis is told (``device=``): a model placed across devices
+        gathers them on the device its forward starts on; a model in one piece leaves each where it was made."""
+        return self.device if self.placement() else None
+
     def placement(self) -> dict[str, str] | None:
         """Where each part of the model lives when ``accelerate`` placed it (``trilens.load(..., device_map=...)``):
         module -> device ("disk" and "cpu" for offloaded layers, which run on the first device); None when whole."""

@@ -47,7 +47,7 @@ def generate(
     """
     names = model.site_index.resolve(capture) if capture else []
     _check(model, names, generate_kwargs)
-    out_dtype, out_device = as_dtype(dtype), as_device(device)
+    out_dtype, out_device = as_dtype(dtype), as_device(device) or model.result_device
     decoder_only = model.family == "decoder"
     batch = model.encode(inputs, truncate=truncate, padding_side="left" if decoder_only else "right").to(model.device)
     if batch.decoder_input_ids is not None:

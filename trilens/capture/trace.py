@@ -99,7 +99,7 @@ def trace(
     building token strings (both for bulk capture).
     """
     names = model.site_index.resolve(sites)
-    out_dtype, out_device = as_dtype(dtype), as_device(device)
+    out_dtype, out_device = as_dtype(dtype), as_device(device) or model.result_device
     batch = model.encode(inputs, truncate=truncate).to(model.device)
     missing = _needs_target(model, names) if batch.decoder_input_ids is None else []
     if missing:
