@@ -117,3 +117,4 @@ def test_lens_by_language_in_a_real_browser(server, browser, tmp_path):
         assert not page.errors, page.errors
     finally:
         page.close()
+

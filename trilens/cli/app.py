@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--port must be between 1 and 65535, not {args.port}.")
     check_model(args.model)
     print(f"trilens app: {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-    try:
-        return subprocess.call(streamlit_command(APP_SCRIPT, args.port, args.host, "--model", args.model))
+    command = streamlit_command(APP_SCRIPT, args.port, args.host, "--model", args.model)
+    if os.name == "posix":
+        # this process becomes the server: a signal to `trilens app` (Ctrl+C, a process manager, a container stop)
+        # reaches Streamlit itself, and no child is left holding the port
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
+    try:  # Windows has no exec that keeps the process: wait for the child, and stop it with ours
+        return subprocess.call(command)
     except KeyboardInterrupt:
         return 0
 
