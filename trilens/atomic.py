@@ -15,6 +15,11 @@ from safetensors.torch import load_file
 
 from .errors import StoreError
 
+# tempfile makes private files (0600) and folders (0700); what trilens writes gets the modes a plain open() or mkdir()
+# would give it under the user's umask (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,6 +28,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
         if path.exists():
             shutil.rmtree(path)
@@ -30,6 +36,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def as_created(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile`` (private: 0600) the mode ``open()`` would have given it."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -40,6 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
+        as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from .atomic import atomic_dir
 from .errors import InputError, closest
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+VERDICTS = ("reproduced", "not reproduced", "not comparable")
 
 
 def studies_dir(path: str | Path | None = None) -> Path:
@@ -52,6 +53,7 @@ class StudyContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    claims: list[dict[str, str]] = field(default_factory=list)
 
     def metric(self, key: str, value: Any) -> None:
         """Record a JSON-serialisable result under ``key`` (written to metrics.json)."""
@@ -59,11 +61,22 @@ class StudyContext:
         self.metrics[key] = value
 
     def figure(self, name: str, fig: Any) -> None:
-        """Save a plotly figure as ``figures/<name>.html`` (self-contained, works offline)."""
+        """Save a plotly figure as ``figures/<name>.html`` (self-contained, works offline) and as plotly JSON
+        (``figures/<name>.json``, what the report of all studies embeds)."""
+        from .atomic import atomic_write_text
         from .viz import write_html
 
         write_html(fig, self.out / "figures" / f"{name}.html")
+        atomic_write_text(self.out / "figures" / f"{name}.json", fig.to_json())
         self.figures.append(name)
+
+    def claim(self, claim: str, *, paper: str, measured: str, verdict: str, note: str = "") -> None:
+        """Set a founding paper's claim against what this run measured (``measured``: the number, in words), with a
+        ``verdict`` (one of ``VERDICTS``) that the study computes from its measurement; the report of all studies
+        lists them."""
+        if verdict not in VERDICTS:
+            raise InputError(f"a verdict is one of {', '.join(VERDICTS)}, not {verdict!r}.")
+        self.claims.append({"paper": paper, "claim": claim, "measured": measured, "verdict": verdict, "note": note})
 
     def table(self, name: str, frame: Any) -> None:
         """Save a pandas frame as ``tables/<name>.csv``."""
@@ -111,6 +124,32 @@ def study_config(name: str, *, quick: bool = False, overrides: dict[str, Any] | 
     return config
 
 
+def study_command(name: str, quick: bool, overrides: dict[str, Any] | None) -> str:
+    """The command line that runs this study with these settings again."""
+    sets = " ".join(f"--set {k}={json.dumps(v, separators=(',', ':'))}" for k, v in (overrides or {}).items())
+    return " ".join(p for p in ("trilens study run", name, "--quick" if quick else "", sets) if p)
+
+
+def versions() -> dict[str, str]:
+    """The versions a study's numbers depend on."""
+    import platform
+
+    import torch
+    import transformers
+
+    from .version import __version__
+
+    out = {"trilens": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out["transformer-lens"] = version("transformer-lens")
+    except PackageNotFoundError:
+        pass
+    return out
+
+
 def run_study(name: str, out: str | Path, *, quick: bool = False, overrides: dict[str, Any] | None = None,
               path: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> StudyContext:
     """Run study ``name`` and write metrics.json, figures/*.html, tables/*.csv and summary.md into ``out``."""
@@ -124,8 +163,9 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, overrides: dic
         ctx = StudyContext(name=name, config=config, out=tmp, progress=progress)
         module.run(ctx)
         seconds = round(time.perf_counter() - start, 1)
-        (tmp / "metrics.json").write_text(json.dumps({"study": name, "config": config, "quick": quick,
-                                                      "seconds": seconds, "metrics": ctx.metrics}, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps({
+            "study": name, "config": config, "quick": quick, "seconds": seconds, "metrics": ctx.metrics,
+            "claims": ctx.claims, "command": study_command(name, quick, overrides), "versions": versions()}, indent=1))
         (tmp / "summary.md").write_text(f"# Study {name}\n\n" + "\n".join(ctx.summary) + "\n")
     ctx.out = out
     return ctx

@@ -19,6 +19,10 @@ from trilens.viz import curves
 from trilens.zoo import tasks as T
 from trilens.zoo.formats import lm_item, seq2seq_item
 
+PAPER = "Fu et al. (2023), Decoder-Only or Encoder-Decoder?"
+KEPT = 0.9  # the source is still read while S(t) / S(1), mean over the reported steps after step 1, is at least this
+SENSITIVITY_NOTE = "S is trilens's definition after the paper (its exact formula was not available)"
+
 
 def _inputs(model, examples):
     """Prompts and their correct continuations (decoder-only), or (source, target) pairs: the same steps for both."""
@@ -85,6 +89,7 @@ def run(ctx: StudyContext) -> None:
             y_title="S(t) / S(1), mean of layers",
             title=f"{task}: attention output's source sensitivity per step (after Fu et al. 2023)"))
     _summary(ctx, report)
+    _claims(ctx)
 
 
 def _perturbation(ctx: StudyContext, model, short: str, inputs, targets) -> dict[str, float]:
@@ -119,3 +124,44 @@ def _summary(ctx: StudyContext, report: list[int]) -> None:
         ctx.say(f"  residual-stream sensitivity / step 1: {v['residual_sensitivity_by_step']}")
         if "perturbation_area" in v:
             ctx.say(f"  perturbation areas (lower = better for most-relevant-first): {v['perturbation_area']}")
+
+
+def _after_first(by_step: dict[str, float]) -> list[float]:
+    return [v for t, v in by_step.items() if int(t) > 1]
+
+
+def _claims(ctx: StudyContext) -> None:
+    """Fu et al.'s claims against the reversals (logic's answer is one step: nothing to degenerate)."""
+    for key, m in ctx.metrics.items():
+        if not key.endswith("/reverse") or not _after_first(m["residual_sensitivity_by_step"]):
+            continue
+        model, decoder = f"zoo:{key.split('/')[0]}", "source_mass_by_step" in m
+        attn, resid = _after_first(m["sensitivity_by_step"]), _after_first(m["residual_sensitivity_by_step"])
+        attn_mean, resid_mean = sum(attn) / len(attn), sum(resid) / len(resid)
+        last = max(m["residual_sensitivity_by_step"], key=int)
+        attention = "attention" if decoder else "cross-attention"
+        measured = (f"{model} on reverse, S(t) / S(1) over the reported steps after step 1 (up to {last}): {attention} "
+                    f"output {min(attn):.2f}-{max(attn):.2f} (mean {attn_mean:.2f}), residual stream "
+                    f"{min(resid):.2f}-{max(resid):.2f} (mean {resid_mean:.2f})")
+        if decoder:
+            mass, ratio = m["source_mass_by_step"], _after_first(m["source_mass_over_baseline_by_step"])
+            last = max(mass, key=int)
+            ctx.claim("As a decoder-only model generates, the share of its attention that goes to the source falls.",
+                      paper=PAPER,
+                      measured=f"{model} on reverse: attention mass on the prompt {mass['1']:.2f} at step 1, "
+                               f"{mass[last]:.2f} at step {last}; {min(ratio):.2f}-{max(ratio):.2f} of uniform causal "
+                               "attention's N / (N + t - 1)",
+                      verdict="reproduced" if mass[last] < mass["1"] - 0.05 else "not reproduced",
+                      note="reproduced if it falls by more than 0.05; " + (
+                          f"no faster than uniform attention (at least {KEPT} of it): the fall is structural"
+                          if min(ratio) >= KEPT else f"under {KEPT} of uniform attention at some step: beyond it"))
+            ctx.claim("As a decoder-only model generates, its output becomes less sensitive to the source.",
+                      paper=PAPER, measured=measured, verdict="reproduced" if resid_mean < KEPT else "not reproduced",
+                      note=f"reproduced if the residual stream's mean is below {KEPT}"
+                           + (f" (the attention outputs' is not: {attn_mean:.2f})" if attn_mean >= KEPT else "")
+                           + f"; {SENSITIVITY_NOTE}")
+        else:
+            ctx.claim("An encoder-decoder keeps reading its source: its sensitivity to the source does not decay as it "
+                      "generates.", paper=PAPER, measured=measured,
+                      verdict="reproduced" if min(attn_mean, resid_mean) >= KEPT else "not reproduced",
+                      note=f"reproduced if both means are at least {KEPT}; {SENSITIVITY_NOTE}")

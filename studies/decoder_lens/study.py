@@ -7,6 +7,7 @@ layer instead of the last, do easier inputs already get the right answer at earl
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 import trilens
 from trilens.lens import decoder_lens
@@ -116,10 +117,40 @@ def run(ctx: StudyContext) -> None:
         for layer, out in outs.items():
             ctx.say(f"    {layer:>8}: {out}")
 
+    # -- the paper's claim, against this run's numbers -----------------------------------------------
+    paper = "Langedijk et al. 2023 (DecoderLens)"
+    depths = cfg["depths"]
+    ctx.claim("Simpler inputs are solved at earlier encoder layers: shallower formulas reach the final layer's "
+              "accuracy from an earlier layer than deeper ones.",
+              paper=paper,
+              measured=f"logic depth {'/'.join(str(d) for d in depths)} solved at layer "
+                       f"{'/'.join(str(solved[d]) for d in depths)} by exact match and "
+                       f"{'/'.join(str(solved_choice[d]) for d in depths)} by forced choice, of {n_layers} "
+                       f"(first layer within {cfg['solved_within']:.0%} of the last layer's accuracy)",
+              verdict="reproduced" if holds and holds_choice else "not reproduced",
+              note=f"reproduced if, by both measures, the solved layer never decreases with depth and depth "
+                   f"{depths[-1]} is solved later than depth {depths[0]}; depths >= 3 are not seen in training")
+    inner = range(1, n_layers)  # layer 0 and the last layer are the same for every length
+    inner_mean = {length: sum(acc[k] for k in inner) / len(inner) for length, acc in by_bucket.items()}
+    ordered = sum(_never_rises([acc[k] for acc in by_bucket.values()]) for k in inner)
+    ctx.claim("Simpler inputs are solved at earlier encoder layers: read from an intermediate layer, shorter strings "
+              "are reversed correctly more often than longer ones.",
+              paper=paper,
+              measured=f"reverse exact match averaged over intermediate layers 1-{n_layers - 1}: "
+                       f"{'/'.join(f'{v:.2f}' for v in inner_mean.values())} for lengths {'/'.join(by_bucket)}; "
+                       f"it never rises with length at {ordered} of {len(inner)} single intermediate layers",
+              verdict="reproduced" if _never_rises(list(inner_mean.values())) else "not reproduced",
+              note=f"reproduced if the average never rises with length; {cfg['n_per_length']} strings per length")
+
 
 def _earlier_for_easier(layers: list[int]) -> bool:
     """Solved layers never decrease with depth, and the deepest is solved later than the shallowest."""
     return all(a <= b for a, b in zip(layers, layers[1:])) and layers[0] < layers[-1]
+
+
+def _never_rises(values: list[float]) -> bool:
+    """Each value is at most the one before it."""
+    return all(a >= b for a, b in pairwise(values))
 
 
 def _bucket(n: int) -> str:

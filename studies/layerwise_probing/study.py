@@ -21,6 +21,11 @@ from trilens.study import StudyContext
 from trilens.zoo import tasks as T
 from trilens.zoo.formats import mlm_item
 
+PAPER = "Pirozelli et al. (2023)"
+# the paper's claims are about a model trained to reason: zoo:bert, trained on logic (zoo:minilm is a contrast)
+TRAINED_ON_LOGIC = ("zoo:bert",)
+CHANCE_MARGIN = 0.05  # "at chance": accuracy within this of the majority class
+
 
 def subformula_labels(ex: T.Example) -> list[Any]:
     """Per word of the formula: the value of the innermost subformula that ends there (None elsewhere)."""
@@ -135,6 +140,29 @@ def run(ctx: StudyContext) -> None:
                 f" in the lower half of the network it reaches "
                 f"{max(results['truth value at [MASK]']['accuracy_by_layer'][: n_layers // 2 + 1]):.2f}.")
         ctx.say("")
+    for name in TRAINED_ON_LOGIC:
+        if "truth value at [MASK]" in ctx.metrics.get(name, {}):
+            _claims(ctx, name, ctx.metrics[name]["truth value at [MASK]"])
+
+
+def _claims(ctx: StudyContext, name: str, answer: dict[str, Any]) -> None:
+    """Pirozelli et al.'s claims against the probes for the answer at [MASK] (the answer slot)."""
+    acc = answer["accuracy_by_layer"]
+    n_layers, chance, best = len(acc) - 1, answer["majority"], max(acc)
+    upper = answer["first_layer_within_2_points_of_best"]
+    ctx.claim("A model trained to reason decodes the answer only in its upper layers: probes reach their best accuracy "
+              "only near the top (99% from layer 20 of 24 in RoBERTa-large).", paper=PAPER,
+              measured=f"{name}, truth value at [MASK]: within 2 points of its best ({best:.2f}, chance {chance:.2f}) "
+                       f"from layer {upper} of {n_layers}",
+              verdict="reproduced" if upper > n_layers / 2 and best >= chance + 0.1 else "not reproduced",
+              note="reproduced if that layer is in the upper half and the best is at least 10 points above chance")
+    lower = acc[: n_layers // 3 + 1]
+    ctx.claim("Below the upper layers the answer is not decodable: probes stay at chance (up to layer 15 of 24 in "
+              "RoBERTa-large).", paper=PAPER,
+              measured=f"{name}, truth value at [MASK] in the lower third (layers 0-{n_layers // 3}): "
+                       f"{min(lower):.2f}-{max(lower):.2f}, chance {chance:.2f}",
+              verdict="reproduced" if max(lower) <= chance + CHANCE_MARGIN else "not reproduced",
+              note=f"at chance: within {CHANCE_MARGIN:.2f} of the majority class at every layer of the lower third")
 
 
 def _subset(feat: Any, keep: np.ndarray) -> Any:

@@ -9,6 +9,7 @@ a learned affine translator per layer read it out better than the model's own un
 from __future__ import annotations
 
 import statistics
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -68,6 +69,7 @@ def answer_layers(model: Any, exs: list[T.Example], batch_size: int) -> dict[str
 
 def run(ctx: StudyContext) -> None:
     cfg = ctx.config
+    readouts: dict[str, dict[str, Any]] = {}
     for name in cfg["models"]:
         model = trilens.load(name)
         stack = model.stacks[0]
@@ -124,6 +126,51 @@ def run(ctx: StudyContext) -> None:
         kfig = curves(list(range(n_layers + 1)), {"logit lens": kl_logit, "tuned lens": kl_tuned}, y_title="nats",
                       title=f"{name}: KL(final || lens) per layer, held-out text", log_y=True)
         ctx.figure(f"{name.removeprefix('zoo:')}_kl_logit_vs_tuned", kfig)
+        readouts[name] = {"n_layers": n_layers, "kl_logit": kl_logit, "kl_tuned": kl_tuned, "tuned_below": below,
+                          "settled": {g: e["beats_alternative_settled_median"] for g, e in per_group.items()}}
+    _claims(ctx, readouts)
+
+
+def _claims(ctx: StudyContext, readouts: dict[str, dict[str, Any]]) -> None:
+    """The founding papers' claims set against this run's numbers, over all models."""
+    short = {name: name.removeprefix("zoo:") for name in readouts}
+    logit_paper, tuned_paper = "nostalgebraist 2020 (logit lens)", "Belrose et al. 2023 (tuned lens)"
+
+    falls = {name: sum(b <= a + 1e-6 for a, b in pairwise(r["kl_logit"])) for name, r in readouts.items()}
+    steps = {name: len(r["kl_logit"]) - 1 for name, r in readouts.items()}
+    converges = all(falls[name] == steps[name] for name in readouts)
+    ctx.claim("Read through the model's own unembedding, each layer's prediction gets closer to the final output "
+              "layer by layer: the logit lens's KL to the final distribution falls with depth.",
+              paper=logit_paper,
+              measured="logit-lens KL(final || layer) falls at " + "; ".join(
+                  f"{falls[n]} of {steps[n]} layer steps on {short[n]} ({r['kl_logit'][0]:.2f} nats at the embeddings, "
+                  f"{r['kl_logit'][-2]:.2f} one layer before the last)" for n, r in readouts.items()),
+              verdict="reproduced" if converges else "not reproduced",
+              note="reproduced if it falls at every step on every model; held-out text, every token")
+
+    early = sum(k is not None and k < r["n_layers"] for r in readouts.values() for k in r["settled"].values())
+    groups = sum(len(r["settled"]) for r in readouts.values())
+    ctx.claim("The model's answer is already readable from the residual stream at intermediate layers, before the "
+              "last layer.",
+              paper=logit_paper,
+              measured=f"answer stays ahead of its alternative from before the last layer in {early} of {groups} task "
+                       "groups (median 'from' layer, by task: " + "; ".join(
+                           f"{short[n]} " + "/".join("none" if k is None else f"{k:g}" for k in r["settled"].values())
+                           + f" of {r['n_layers']}"
+                           for n, r in readouts.items()) + ")",
+              verdict="reproduced" if early == groups else "not reproduced",
+              note="reproduced if every task group settles before the last layer; forced choice (T/F, she/he, verb "
+                   "forms), examples the model gets right")
+
+    better = all(r["tuned_below"] == len(r["kl_logit"]) for r in readouts.values())
+    ctx.claim("A learned affine translator per layer (the tuned lens) reads the final distribution out of every layer "
+              "better than the logit lens: lower KL to the final output at every layer.",
+              paper=tuned_paper,
+              measured="tuned-lens KL <= logit-lens KL at " + "; ".join(
+                  f"{r['tuned_below']} of {len(r['kl_logit'])} layers on {short[n]} (embeddings: "
+                  f"{r['kl_tuned'][0]:.2f} vs {r['kl_logit'][0]:.2f} nats)" for n, r in readouts.items()),
+              verdict="reproduced" if better else "not reproduced",
+              note="reproduced if it holds at every layer on every model; held-out text, every token")
 
 
 def _scaled(cfg: dict[str, Any], key: str) -> dict[str, int]:

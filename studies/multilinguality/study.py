@@ -24,6 +24,7 @@ from trilens.lens import language_lens, shortcut_sweep
 from trilens.study import StudyContext
 from trilens.zoo import tasks as T
 
+CITATION = 'Wang et al. (ACL 2025, "Lost in Multilinguality")'
 PAPER = {
     "shared": "answers rank high in a language-independent space in the middle layers; the target language wins in "
               "the last layers",
@@ -31,6 +32,11 @@ PAPER = {
               "the target language",
     "shortcut": "a linear shortcut from a middle layer raises accuracy and consistency on cross-lingual queries",
 }
+
+
+def _sentence(text: str) -> str:
+    """A PAPER entry as a sentence."""
+    return text[0].upper() + text[1:] + "."
 
 
 def queries(cfg: dict[str, Any]) -> list[T.Example]:
@@ -87,6 +93,15 @@ def shared_space(ctx: StudyContext, key: str, res: Any, n_layers: int) -> None:
             + ". Parallel prompts "
             f"are closest, relative to prompts of other facts, at layer {peak} (cosine gap {m['cosine_gap_peak']:+.3f}; "
             f"{m['cosine_gap_last']:+.3f} at the last). {'Agrees' if holds else 'Disagrees'}.")
+    ctx.claim(_sentence(PAPER["shared"]), paper=CITATION,
+              measured=f"{key}: correct answers first appear (top-1, either language) at layer "
+                       f"{m['layer_answer_appears_any_language']:.2f} and their language settles at "
+                       f"{m['layer_own_language_settles']:.2f} of {n_layers} (lead {lead:.2f} layers); the other "
+                       f"language's answer is top-1 for at most {m['other_language_top1_peak']:.0%}; parallel prompts' "
+                       f"cosine gap peaks at {m['cosine_gap_peak']:+.3f} (layer {peak})",
+              verdict="reproduced" if holds else "not reproduced",
+              note="reproduced where the answer leads its language by at least 1 layer, or the other language's "
+                   "answer is top-1 for at least 10% of correct questions at some layer")
 
 
 def error_anatomy(ctx: StudyContext, key: str, res: Any, groups: list[str], n_layers: int) -> None:
@@ -118,6 +133,18 @@ def error_anatomy(ctx: StudyContext, key: str, res: Any, groups: list[str], n_la
             f"layer (best at layer {m['errors_best_layer_mean']:.1f} on average). Errors concentrate on other-language "
             f"facts: {'agrees' if concentrate else 'disagrees'}; they were found and lost at the end: "
             f"{'agrees' if lost_late else 'disagrees'}.")
+    ctx.claim("Cross-lingual errors concentrate on facts the model saw only in another language.", paper=CITATION,
+              measured=f"{key}: {m['share_of_errors_on_other']:.0%} of the {m['errors']} errors are on facts stated "
+                       f"only in the other language, {m['share_of_queries_on_other']:.0%} of the questions (accuracy "
+                       f"{m['accuracy_other']:.3f} on those, {m['accuracy_same']:.3f} where only the question's "
+                       "language stated the fact)",
+              verdict="reproduced" if concentrate else "not reproduced",
+              note="reproduced where the errors' share on those facts exceeds the questions' share")
+    ctx.claim(_sentence(PAPER["errors"]), paper=CITATION,
+              measured=f"{key}: {m['errors_found_in_a_middle_layer']:.0%} of the {m['errors']} errors had the answer "
+                       "top-1, in some language, at a middle layer",
+              verdict="reproduced" if lost_late else "not reproduced",
+              note="reproduced where at least half of the errors had the answer at a middle layer")
 
 
 def shortcut_effect(ctx: StudyContext, key: str, sweep: Any, beta: Any, n_layers: int) -> dict[str, Any]:
@@ -150,6 +177,13 @@ def shortcut_effect(ctx: StudyContext, key: str, sweep: Any, beta: Any, n_layers
             f"from layer {mid} {m['accuracy_other_middle']:.3f}; on facts it saw in the question's language it keeps "
             f"{m['accuracy_seen_by_layer'][best]:.3f} (model {m['model_accuracy_seen']:.3f}). Consistency on one-language "
             f"facts: {m['consistency_best']:.3f} vs the model's {model_cons:.3f}. {'Agrees' if holds else 'Disagrees'}.")
+    fitted = f"β = {beta}" if beta != "fit" else "β fitted"
+    ctx.claim(_sentence(PAPER["shortcut"]), paper=CITATION,
+              measured=f"{key}, {fitted}: on other-language facts the shortcut from layer {best} (the best middle "
+                       f"layer) answers {m['accuracy_other_best']:.3f} vs the model's {m['model_accuracy_other']:.3f}; "
+                       f"consistency on one-language facts {m['consistency_best']:.3f} vs {model_cons:.3f}",
+              verdict="reproduced" if holds else "not reproduced",
+              note="reproduced where the shortcut beats the model on both accuracy and consistency")
     return m
 
 
@@ -187,7 +221,7 @@ def _run(ctx: StudyContext, cfg: dict[str, Any]) -> None:
         for beta in cfg["betas"]:
             sweep = shortcut_sweep(model, [prompts[i] for i in fit], prompts, [a[lang] for a, lang in zip(answers, languages)],
                                    languages, facts=facts, groups=groups, beta=beta,
-                                   fit_answers=[answers[i][languages[i]] for i in fit])
+                                   fit_answers=[answers[i][languages[i]] for i in fit], progress=ctx.progress)
             shortcut_effect(ctx, key, sweep, beta, n_layers)
             ctx.table(f"{key}_shortcut_beta_{beta}", sweep.to_frame())
             ctx.figure(f"{key}_shortcut_beta_{beta}", sweep.figure(group="other"))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from ..atomic import as_created
 from .store import sha256_file, shard_name, write_json_atomic
 from .trace import trace
 
@@ -65,6 +66,7 @@ def _write_shard(out: Path, k: int, texts: range, tensors: dict[str, torch.Tenso
     os.close(fd)
     try:
         save_file(tensors, tmp)
+        as_created(tmp)
         os.replace(tmp, out / f"{name}.safetensors")
     finally:
         if os.path.exists(tmp):

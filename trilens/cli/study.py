@@ -33,6 +33,8 @@ def cmd_study_list(args: argparse.Namespace) -> int:
 def cmd_study_run(args: argparse.Namespace) -> int:
     from ..study import run_study
 
+    if args.name == "all":
+        return _run_all(args)
     out = args.out or Path("study-results") / args.name
     ctx = run_study(args.name, out, quick=args.quick, overrides=_overrides(args.set), path=args.studies_dir,
                     progress=not args.no_progress, overwrite=args.overwrite)
@@ -41,15 +43,31 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_all(args: argparse.Namespace) -> int:
+    from ..study_report import run_all
+
+    if args.set:
+        raise InputError("--set applies to one study; run all takes each study's own config (with --quick, its quick one).")
+    out = args.out or Path("study-results")
+    report, failed = run_all(out, quick=args.quick, path=args.studies_dir, progress=not args.no_progress,
+                             overwrite=args.overwrite)
+    for name, error in failed.items():
+        print(f"study {name} failed: {error}")
+    print(f"report: {report}")
+    return 1 if failed else 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("study", help="run the scripted studies that reproduce published findings")
     ssub = study.add_subparsers(dest="study_command", required=True)
     p = ssub.add_parser("list", help="the studies and what each asks")
     p.add_argument("--studies-dir", default=None)
     p.set_defaults(func=cmd_study_list)
-    p = ssub.add_parser("run", help="run one study: metrics as JSON, figures as HTML, a printed summary")
-    p.add_argument("name")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: study-results/NAME)")
+    p = ssub.add_parser("run", help="run one study (metrics as JSON, figures as HTML, a printed summary), or all of "
+                        "them and one report (report.html)")
+    p.add_argument("name", help="a study (trilens study list), or 'all'")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: study-results/NAME; for all, "
+                   "study-results with report.html)")
     p.add_argument("--quick", action="store_true", help="the study's small configuration (a smoke run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config setting")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -25,7 +25,8 @@ def shortcut_sweep(model: Model, fit_prompts: Sequence[str] | None, prompts: Seq
                    languages: Sequence[str], *, facts: Sequence[Hashable] | None = None,
                    groups: Sequence[str] | None = None, layers: Sequence[int] | None = None,
                    beta: float | str = PAPER_BETA, fit_answers: Sequence[str] | None = None,
-                   shortcuts: Sequence[LinearShortcut] | None = None, batch_size: int = 64) -> ShortcutSweepResult:
+                   shortcuts: Sequence[LinearShortcut] | None = None, batch_size: int = 64,
+                   progress: bool = True) -> ShortcutSweepResult:
     """Fit a shortcut from each of ``layers`` (default: every layer) on ``fit_prompts`` and answer ``prompts`` with it.
 
     Args:
@@ -58,7 +59,7 @@ def shortcut_sweep(model: Model, fit_prompts: Sequence[str] | None, prompts: Seq
     ids = ids.max(1).values  # one answer per prompt: its own language's (-1 in every other column)
     states = slot_states(model, prompts, batch_size=batch_size)
     hidden, betas, fit_error = [states[-1]], [], []  # the model's own last layer, then each shortcut's output
-    for k, layer in enumerate(tqdm(layers, desc="shortcut sweep", disable=shortcuts is not None)):
+    for k, layer in enumerate(tqdm(layers, desc="shortcut sweep", disable=not progress or shortcuts is not None)):
         shortcut = shortcuts[k] if shortcuts is not None else LinearShortcut.fit(
             model, fit_prompts, layer=layer, beta=beta, answers=fit_answers, progress=False)
         hidden.append(shortcut.hidden(states[layer]))
