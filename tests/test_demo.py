@@ -3,18 +3,22 @@
 import io
 
 import pytest
+from page_parser import read
 
 from trilens.zoo import MODELS_DIR
 
 
 @pytest.mark.skipif(not all((MODELS_DIR / n / "config.json").exists() for n in ("gpt", "bert", "t5")),
                     reason="the zoo is not fully trained in this checkout")
-def test_demo_shows_each_zoo_model_and_its_answer_per_layer():
+def test_demo_shows_each_zoo_model_and_its_answer_per_layer(tmp_path):
     from trilens.demo import _held_out_formula, main
 
     out = io.StringIO()
-    assert main(out=out) == 0
+    assert main(out=out, report=tmp_path / "demo.html") == 0
     text = out.getvalue()
+    assert text.rstrip().endswith(f"report: {tmp_path / 'demo.html'}")
+    parsed = read(tmp_path / "demo.html")
+    assert parsed.figures == 3 and parsed.sections == ["gpt", "bert", "t5"] and not parsed.external  # offline
     formula, answer = _held_out_formula()
     for name, arch in (("gpt", "GPT2LMHeadModel"), ("bert", "BertForMaskedLM"), ("t5", "T5ForConditionalGeneration")):
         assert f"zoo:{name} — {arch}" in text
@@ -34,5 +38,5 @@ def test_demo_says_how_to_train_a_missing_zoo_model(monkeypatch, tmp_path):
 
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
     out = io.StringIO()
-    assert main(out=out) == 1
+    assert main(out=out, report=tmp_path / "demo.html") == 1
     assert "python -m trilens.zoo.train gpt" in out.getvalue()

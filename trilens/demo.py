@@ -3,7 +3,8 @@
 For each family it loads the shipped model offline, says what it is and how good it is (its model
 card), and shows one view of its internals: the answer's probability per layer for a logic formula
 (logit lens on zoo:gpt and zoo:bert) and the input tokens its log-probability is most sensitive to (gradients),
-and what the decoder outputs when it reads each encoder layer of zoo:t5 (decoder lens).
+and what the decoder outputs when it reads each encoder layer of zoo:t5 (decoder lens). The same views, as figures,
+go to one page that opens offline (``trilens-demo.html`` by default; its path is printed last).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
+
+REPORT = Path("trilens-demo.html")
 
 
 REVERSE = "a b c d e f g h"
@@ -76,16 +80,31 @@ def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> No
             print(f"      layer {k}: {outs[i]}", file=out)
 
 
-def main(out: TextIO = sys.stdout) -> int:
+def _figures(model: Any, formula: str, answer: str) -> list[tuple[str, Any]]:
+    """The demo's views of ``model`` as (caption, figure)."""
+    from .lens import decoder_lens, logit_lens
+
+    if model.family == "encoder-decoder":
+        res = decoder_lens(model, [f"{formula} =", f"{REVERSE} >"],
+                           references=[answer, " ".join(reversed(REVERSE.split()))], max_new_tokens=12)
+        return [("Decoder lens: the decoder's output when it reads encoder layer k, scored against the answer (exact "
+                 "match, per source)", res.figure())]
+    text = f"{formula} =" if model.family == "decoder" else f"{formula} = [MASK]"
+    return [(f"Logit lens on {text!r}: every layer's top token and its probability at every position",
+             logit_lens(model, [text]).figure())]
+
+
+def main(out: TextIO = sys.stdout, report: str | Path | None = REPORT) -> int:
     import trilens
     from .errors import ModelLoadError
+    from .viz.page import Section, write_page
 
     start = time.perf_counter()
     formula, answer = _held_out_formula()
     views = {"gpt": lambda m: _answer_per_layer(m, f"{formula} =", answer, out),
              "bert": lambda m: _answer_per_layer(m, f"{formula} = [MASK]", answer, out),
              "t5": lambda m: _decoder_lens_view(m, formula, answer, out)}
-    missing = []
+    missing, sections = [], []
     for name, view in views.items():
         try:
             model = trilens.load(f"zoo:{name}")
@@ -98,8 +117,17 @@ def main(out: TextIO = sys.stdout) -> int:
         print(f"  {_card_line(name)}", file=out)
         view(model)
         print(file=out)
-    print(f"Done in {time.perf_counter() - start:.1f} s. Next: README.md (lenses, capture, the activation store), "
-          "`trilens study run decoder_lens`.", file=out)
+        section = Section(f"zoo:{name} — {model.architecture}", name)
+        section.text(f"{model.family}; {stacks}; d_model {model.d_model}. {_card_line(name)}.")
+        for caption, fig in _figures(model, formula, answer):
+            section.figure(caption, fig)
+        sections.append(section)
+    print(f"Done in {time.perf_counter() - start:.1f} s. Next: the tutorials in docs/tutorials/, "
+          "`trilens study run all` (every study and one report).", file=out)
+    if report is not None and sections:
+        path = write_page(report, "trilens demo: what the zoo's layers believe", sections,
+                          [f"A depth-3 logic formula none of the models saw in training: {formula} = {answer}."])
+        print(f"report: {path.resolve()}", file=out)
     return 1 if missing else 0
 
 
