@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.trilens-installed
 RAY_STAMP := $(VENV)/.trilens-ray-installed
+DOCS_STAMP := $(VENV)/.trilens-docs-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench docs clean
 
 setup: $(STAMP)
 
@@ -25,10 +26,19 @@ $(RAY_STAMP): $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e ".[ray]"
 	touch $(RAY_STAMP)
 
+# The documentation site's toolchain (mkdocs-material, mkdocstrings, mkdocs-jupyter): the `docs` extra.
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m trilens.demo
 
-test: setup $(RAY_STAMP)
+# The site, built offline into site/ with the tutorials executed (the test suite builds it without running them).
+docs: setup $(DOCS_STAMP)
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TRILENS_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+test: setup $(RAY_STAMP) $(DOCS_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -p no:cacheprovider
 
 test-fast: setup
@@ -38,4 +48,4 @@ bench: setup
 	$(PY) benchmarks/capture.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

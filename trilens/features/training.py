@@ -99,8 +99,9 @@ def train_gradiend(model: Model, data: FeatureData, *, params: Sequence[str] | s
     """Train a GRADIEND on ``model``'s gradients for ``data``'s two classes -> ``Gradiend``.
 
     Args:
-        params / exclude: shell-style name patterns of the base-model parameters to read (default: all; the
-            prediction head is never included).
+        params: shell-style name patterns of the base-model parameters to read (default: all; the prediction head
+            is never included).
+        exclude: name patterns of parameters left out.
         keep_fraction: pre-pruning: keep this fraction of coordinates, those with the largest mean
             |factual - counterfactual| gradient over ``prune_batches`` training batches.
         batch_size: same-class rows per gradient (the loss is their mean).
@@ -109,7 +110,7 @@ def train_gradiend(model: Model, data: FeatureData, *, params: Sequence[str] | s
         eval_every: held-out evaluation period in steps (also at step 0, never kept, and at the end).
         n_eval: held-out rows evaluated (balanced between the classes), one gradient per row.
         seeds: one GRADIEND per seed; the one with the best held-out |r| is kept.
-        source / target: the gradient pairing, each ``factual``, ``counterfactual`` or ``diff``. The default source
+        source: the gradient pairing encoded, ``factual``, ``counterfactual`` or ``diff``. The default source
             is the counterfactual gradient (the ``gradiend`` package's default), not the paper's factual one: a model
             that is sure of the factual token has a factual gradient near zero (zoo:bert: norm 0.03 against 17.5 for
             the counterfactual), which leaves little to encode (held-out |r| 0.57 instead of 1.00 there, studies/gradiend).

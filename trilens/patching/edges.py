@@ -51,7 +51,8 @@ def edge_attribution(
     edges recover.
 
     Args:
-        clean, corrupted: paired inputs of equal token lengths (texts, ids, or (source, target) pairs).
+        clean: inputs (texts, ids, or (source, target) pairs).
+        corrupted: inputs paired row by row with ``clean``, of equal token lengths.
         metric: as ``patching_sweep``'s (default: the clean prediction's logit minus the corrupted prediction's).
         method: ``"eap"`` (gradient at the corrupted run) or ``"eap-ig"`` (averaged over ``steps`` points).
         faithfulness: True measures circuits of a geometric series of sizes (every size run exactly, with every

@@ -45,8 +45,10 @@ def patching_sweep(
     """The metric with each activation of the patched run replaced by the other run's, for every cell.
 
     Args:
-        clean, corrupted: inputs paired row by row (texts, ids, or (source, target) pairs), of equal token length in
-            each pair on the stacks whose sites are patched.
+        clean: inputs (texts, ids, or (source, target) pairs), or a data source with columns ``clean`` and
+            ``corrupted`` (then ``corrupted=None``).
+        corrupted: inputs paired row by row with ``clean``, of equal token length in each pair on the stacks whose
+            sites are patched.
         metric: None / ``"logit_diff"`` (the clean prediction's logit minus the corrupted prediction's, at the last
             position, an encoder's mask or the last target token), ``TokenScore(token=, foil=, score=)``,
             ``StepScores()`` (every target step; ``step=`` picks one, else their mean), ``"kl"`` / ``KLDivergence``, or a

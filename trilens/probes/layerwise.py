@@ -259,17 +259,21 @@ def probe_layers(source: Any, inputs: Sequence[Any] | None = None, labels: Seque
         subword: ``first``, ``last`` or ``mean`` sub-word token of each word (token level).
         probe: ``logistic`` (default; all layers batched), ``ridge`` (real-valued labels), ``mlp``,
             or any scikit-learn classifier / regressor.
-        cv, test_size: k-fold cross-validation grouped by text, or one grouped train/test split.
+        cv: k-fold cross-validation, folds grouped by text.
+        test_size: instead of ``cv``, one grouped train/test split with this share of the texts held out.
         control: also train on Hewitt & Liang control labels and report selectivity.
-        C, max_iter, tol: the logistic probe's inverse L2 strength (scikit-learn's ``C``) and stopping rule;
-            a probe that does not converge warns and is listed in ``info["unconverged"]``.
+        C: the logistic probe's inverse L2 strength (scikit-learn's ``C``).
+        max_iter: the logistic probe's most iterations; a probe that does not converge warns and is listed in
+            ``info["unconverged"]``.
+        tol: the logistic probe's stopping tolerance.
         alpha: the ridge probe's L2 strength.
         on_disk: (a store source) keep the features in files, not in memory — True for a temporary
             folder, or a folder — and train the logistic or ridge probe on them in chunks: for data sets whose
             per-layer vectors do not fit in memory (each pass re-reads them).
-        split, text_column, label_column: where ``inputs`` is a data source (a ``datasets.Dataset`` or
-            ``DatasetDict``, a ``save_to_disk`` folder, a Parquet, JSON-lines or CSV ``Path``): its texts and, unless
-            ``labels`` are given, its labels.
+        split: where ``inputs`` is a data source (a ``datasets.Dataset`` or ``DatasetDict``, a ``save_to_disk``
+            folder, a Parquet, JSON-lines or CSV ``Path``): the split of a dataset dict.
+        text_column: the data source's column of texts.
+        label_column: the data source's column of labels (read unless ``labels`` are given).
     """
     training = Training(C=C, alpha=alpha, max_iter=max_iter, tol=tol)  # bad settings fail before the model runs
     from ..capture.store import ActivationStore
