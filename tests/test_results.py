@@ -96,6 +96,23 @@ def test_every_result_round_trips_with_equal_frames(results, tmp_path):
         assert "<b>" in result._repr_html_() and "plotly" in result._repr_html_().lower()
 
 
+def test_a_fresh_process_loads_results_by_their_recorded_module_and_without_it(results, tmp_path):
+    import subprocess
+    import sys
+
+    probe = results["ProbeResult"].save(tmp_path / "probe")
+    doc = json.loads((probe / "result.json").read_text())
+    assert doc["module"] == "trilens.probes.result"
+    old = results["LensResult"].save(tmp_path / "old")  # as trilens 0.2.0 saved it: no module recorded
+    doc = json.loads((old / "result.json").read_text())
+    del doc["module"]
+    (old / "result.json").write_text(json.dumps(doc))
+    code = ("import sys, trilens; r = trilens.load_result(sys.argv[1]); s = trilens.load_result(sys.argv[2]); "
+            "print(type(r).__name__, type(s).__name__, 'trilens.lens.result' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(probe), str(old)], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["ProbeResult", "LensResult", "True"], done.stderr[-2000:]
+
+
 def test_results_carry_their_provenance(results, tiny):
     from trilens.provenance import model_fingerprint
 

@@ -27,18 +27,9 @@ FORMAT_VERSION = 2  # 1: each class's own files (trilens 0.1.0); 2: this contrac
 RESULT_FILE, TENSOR_FILE, FIGURE_FILE = "result.json", "tensors.safetensors", "figure.html"
 
 _REGISTRY: dict[str, type[Result]] = {}
-# Where each of trilens's own result classes lives, so ``load_result`` can import it on demand (no import cycle).
-_BUILT_IN = {
-    "ActivationCache": "trilens.capture.cache", "Generation": "trilens.capture.generation",
-    "GradientResult": "trilens.capture.gradient_result", "LensResult": "trilens.lens.result",
-    "DecoderLensResult": "trilens.lens.decoder_result", "ProbeResult": "trilens.probes.result",
-    "AttentionStepsResult": "trilens.attention.steps_result", "RelevancyResult": "trilens.attention.maps_result",
-    "AttributionResult": "trilens.attribution.result", "Gradiend": "trilens.features.gradiend",
-    "EncodingResult": "trilens.features.encodings", "RewriteGrid": "trilens.features.rewrite_grid",
-    "KnowledgeNeurons": "trilens.features.kn_result", "PatchingResult": "trilens.patching.result",
-    "CircuitResult": "trilens.patching.circuit", "LanguageLensResult": "trilens.lens.language_result",
-    "LinearShortcut": "trilens.lens.shortcut", "ShortcutSweepResult": "trilens.lens.shortcut_sweep",
-}
+# The packages whose modules define trilens's own result classes (each registers its classes on import): importing
+# them finds a class saved without its module (results written before the module was recorded, trilens <= 0.2.0).
+_RESULT_PACKAGES = ("capture", "lens", "probes", "attention", "attribution", "features", "patching")
 # The JSON files of results saved by trilens 0.1.0; each names its class in "format" ("trilens.LensResult/1").
 _LEGACY_FILES = ("lens.json", "decoder_lens.json", "probe.json", "cache.json", "generation.json")
 
@@ -49,17 +40,31 @@ def register_result(cls: type[Result]) -> type[Result]:
     return cls
 
 
+def _import_result_packages() -> None:
+    for package in _RESULT_PACKAGES:
+        importlib.import_module(f"trilens.{package}")
+
+
 def list_results() -> list[str]:
-    """The result classes ``load_result`` can read."""
-    return sorted(set(_REGISTRY) | set(_BUILT_IN))
+    """The result classes ``load_result`` can read (trilens's own, and any registered since)."""
+    _import_result_packages()
+    return sorted(_REGISTRY)
 
 
-def _result_class(name: str) -> type[Result]:
-    if name not in _REGISTRY and name in _BUILT_IN:
-        importlib.import_module(_BUILT_IN[name])
+def _result_class(name: str, module: str | None = None) -> type[Result]:
+    """The class saved as ``name``: imported from the ``module`` the file records where it is trilens's own (a user's
+    class must be registered by importing its module first)."""
+    if name not in _REGISTRY and module is not None and module.split(".")[0] == "trilens":
+        try:
+            importlib.import_module(module)
+        except ImportError:  # moved or renamed since: the packages below still find it by name
+            pass
     if name not in _REGISTRY:
-        raise StoreError(f"no result class {name!r} is known; known: {', '.join(list_results())}. "
-                         "Import the module that defines it (and decorates it with @register_result) first.")
+        _import_result_packages()
+    if name not in _REGISTRY:
+        raise StoreError(f"no result class {name!r} is known" + (f" (it was saved from module {module})" if module else "")
+                         + f"; known: {', '.join(list_results())}. Import the module that defines it (and decorates "
+                         "it with @register_result) first.")
     return _REGISTRY[name]
 
 
@@ -77,7 +82,7 @@ def load_result(path: str | os.PathLike) -> Result:
         if version > FORMAT_VERSION:
             raise StoreError(f"{path} was saved by trilens {doc.get('trilens', '?')} (format {version}); this is trilens "
                              f"{__version__} (format {FORMAT_VERSION}): upgrade trilens to read it.")
-        cls = _result_class(name)
+        cls = _result_class(name, doc.get("module"))
         try:
             tensors = load_file(path / TENSOR_FILE) if (path / TENSOR_FILE).exists() else {}
         except (OSError, ValueError) as err:
@@ -145,8 +150,8 @@ class Result:
             raise StoreError(f"{path} is a folder that holds no trilens result; saving there would replace it. "
                              "Choose a new or empty folder.")
         data, tensors = self._state()
-        doc = {"format": f"trilens.{type(self).__name__}", "version": FORMAT_VERSION, "trilens": __version__,
-               "info": self.info, "data": data}
+        doc = {"format": f"trilens.{type(self).__name__}", "module": type(self).__module__, "version": FORMAT_VERSION,
+               "trilens": __version__, "info": self.info, "data": data}
         text = json.dumps(doc)  # fails here, before anything is written, if something is not JSON
         with atomic_dir(path) as tmp:
             if tensors:

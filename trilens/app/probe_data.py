@@ -6,10 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cli.readers import read_labelled
 from ..errors import InputError
 from ..probes import ProbeResult, probe_layers
 from ..results import load_result
+from ..text_files import read_labelled
 
 if TYPE_CHECKING:
     from ..model import Model

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..text_files import read_texts
 from .model_args import add_model, load_model
-from .readers import read_texts
 
 # Steps shown in the printed table (those beyond the longest generation are left out).
 TABLE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

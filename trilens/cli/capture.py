@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..text_files import read_texts
 from .model_args import add_model, load_model
-from .readers import read_texts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..text_files import read_plain_texts
 from . import language
 from .model_args import add_model, load_model
-from .readers import read_plain_texts
 
 
 def _grid(result: Any, sequence: int, width: int = 10) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..text_files import read_labelled
 from .model_args import add_model, load_model
-from .readers import read_labelled
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..text_files import json_lines
 
 MASK_PLACEHOLDER = "[MASK]"  # replaced by the model's own mask token in encoder-only texts
 SPLITS = ("train", "test")
@@ -139,15 +140,7 @@ def read_jsonl(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
     if not path.is_file():
         raise InputError(f"{path} is not a file: pass a JSON-lines file with one row per line.")
     rows, seen = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except ValueError as err:
-            raise InputError(f"{path}:{n} is not a JSON object ({err}).") from None
+    for n, doc in json_lines(path, "feature rows"):
         unknown = set(doc) - {"text", "factual", "counterfactual", "class", "prefix", "split"}
         if unknown or "text" not in doc:
             raise InputError(f"{path}:{n}: a row has keys text, factual, counterfactual, class, prefix, split; "

@@ -1,4 +1,5 @@
-"""Input files the subcommands share: texts (one per line or JSON lines) and labelled JSON lines."""
+"""Text files as users write them, read by the command line, the app and the feature data: texts (one per line, or
+JSON lines with "text" or "source"/"target"), labelled JSON lines, and JSON lines in general (``json_lines``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from .errors import InputError
 
 
-def _json_lines(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-empty line of a JSON-lines file."""
     if not path.exists():
         raise InputError(f"{what} file {path} does not exist.")
@@ -41,7 +42,7 @@ def row_input(row: dict[str, Any], path: Path, line: int) -> Any:
 def read_texts(path: Path) -> list[Any]:
     """Texts from a file: one per line, or JSON lines (``.jsonl``) with "text" or "source"/"target" fields."""
     if path.suffix == ".jsonl":
-        return [row_input(row, path, i) for i, row in _json_lines(path, "texts")]
+        return [row_input(row, path, i) for i, row in json_lines(path, "texts")]
     if not path.exists():
         raise InputError(f"texts file {path} does not exist.")
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -61,7 +62,7 @@ def read_plain_texts(path: Path, why: str) -> list[str]:
 def read_labelled(path: Path, label: str, level: str = "sentence") -> tuple[list[Any], list[Any]]:
     """(inputs, labels) from JSON lines with "text" (or "source"/"target") and the label field."""
     inputs, labels = [], []
-    for i, row in _json_lines(path, "data"):
+    for i, row in json_lines(path, "data"):
         if label not in row:
             raise InputError(f"{path}:{i} has no field {label!r}; its fields: {', '.join(row)}.")
         inputs.append(row_input(row, path, i))
