@@ -16,8 +16,7 @@ from trilens.app.attention_data import attention_maps
 from trilens.app.inputs import prepare
 from trilens.app.state import DEFAULT_INPUTS, LOCAL
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
-        "Decoder lens", "Probes", "Compare")
+from trilens.app.tabs import TITLES as TABS  # noqa: E402 - the registry the page draws its tabs from
 TIMEOUT = 180
 
 

@@ -23,8 +23,7 @@ from app_driver import (
     settle,
 )
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
-        "Decoder lens", "Probes", "Compare")
+from trilens.app.tabs import TITLES as TABS  # noqa: E402 - the registry the page draws its tabs from
 MODELS = ("zoo:gpt", "zoo:bert", "zoo:t5")
 ARCHITECTURES = {"zoo:gpt": "GPT2LMHeadModel", "zoo:bert": "BertForMaskedLM", "zoo:t5": "T5ForConditionalGeneration"}
 

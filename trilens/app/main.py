@@ -10,20 +10,9 @@ import streamlit as st
 
 from trilens.app import state
 from trilens.app.inputs import MAX_TOKENS, AppInput
-from trilens.app.panels.attention import attention_panel
-from trilens.app.panels.attribution import attribution_panel
-from trilens.app.panels.compare import compare_panel
-from trilens.app.panels.decoder_lens import decoder_lens_panel
-from trilens.app.panels.features import features_panel
-from trilens.app.panels.lens import lens_panel
-from trilens.app.panels.patching import patching_panel
-from trilens.app.panels.probes import probes_panel
-from trilens.app.panels.steps import steps_panel
-from trilens.app.panels.tokens import tokens_panel
+from trilens.app.tabs import TABS, TITLES, View
 from trilens.errors import TrilensError
 
-TABS = ("Tokens & prediction", "Attention", "Attention over steps", "Attribution", "Patching", "Feature neurons", "Lens",
-        "Decoder lens", "Probes", "Compare")
 DEFAULT_MODEL = "zoo:t5"
 MODEL_ENV = "TRILENS_APP_MODEL"  # how `trilens app MODEL` (and tests) choose the first model
 
@@ -115,17 +104,11 @@ def main() -> None:
         return
     inp = AppInput(st.session_state.get("text", ""), st.session_state.get("target", "") if model.family ==
                    "encoder-decoder" else "")
-    tabs = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
-    panels = (lambda: tokens_panel(source, inp, model.family), lambda: attention_panel(source, inp),
-              lambda: steps_panel(source, inp, model.family), lambda: attribution_panel(source, inp, model.family),
-              lambda: patching_panel(source, inp, model.family),
-              lambda: features_panel(source, inp, model.family),
-              lambda: lens_panel(source, inp, model.family, model.language_map is not None), lambda: decoder_lens_panel(source, inp, model.family),
-              lambda: probes_panel(source), lambda: compare_panel(source, inp, model.family))
-    for tab, panel in zip(tabs, panels):
-        if tab.open:
-            with tab:
-                panel()
+    view = View(source, inp, model)
+    for container, tab in zip(st.tabs(TITLES, key="tab", bind="query-params", on_change="rerun"), TABS):
+        if container.open:
+            with container:
+                tab.draw(view)
     show_timings(timings)
 
 

@@ -264,6 +264,45 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
             may be larger than memory; the logistic probe then trains on them in chunks
             (``ChunkedRows``), other probes load one layer at a time.
     """
+    _check_store_inputs(store, labels, level, pooling, texts, tokenizer)
+    stacks = list(stacks or store.manifest["stacks"])
+    stored_ids = {st: (store.ids(st, as_="numpy"), store.offsets(st)) for st in store.manifest["stacks"]}
+    folder = None
+    if on_disk:
+        folder = Path(tempfile.mkdtemp(prefix="trilens-features-")) if on_disk is True else Path(on_disk)
+        folder.mkdir(parents=True, exist_ok=True)
+    x: dict[str, torch.Tensor | list[ChunkedRows]] = {}
+    ys: list[Any] = []
+    groups: list[int] = []
+    types: list[str] = []
+    for si, st in enumerate(stacks):
+        offsets = store.offsets(st)
+        if level == "sentence":
+            members = Members.of_texts(torch.tensor(offsets[:-1]), torch.as_tensor(np.diff(offsets)), pooling)
+        else:
+            members, words = _word_members(stored_ids[st][0], offsets, texts, labels, tokenizer, subword)
+            if si == 0:  # every stack labels the same words
+                ys, types, groups = words
+        x[st] = _read_layers(store, st, members, folder, progress)
+    if level == "sentence":
+        ys, groups = list(labels), list(range(store.n_texts))
+        types = list(texts) if texts is not None else [f"text {i}" for i in range(store.n_texts)]
+    # identical texts have identical token ids in every stack
+    same = same_text_groups([b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in stored_ids.values())
+                             for i in range(store.n_texts)])
+    feat = Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
+                    info={"model": store.manifest["model"]["name"], **{k: store.manifest["model"].get(k) for k in
+                                                                           ("architecture", "family", "fingerprint")},
+                          "store": str(store.path), "level": level,
+                          "pooling": pooling if level == "sentence" else subword, "on_disk": str(folder) if folder else None})
+    if on_disk is True:
+        weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
+    return feat
+
+
+def _check_store_inputs(store: Any, labels: Sequence[Any], level: str, pooling: str | int,
+                        texts: Sequence[str] | None, tokenizer: Any) -> None:
+    """Refuse a level, label count, pooling or set of texts that does not fit the store, before anything is read."""
     if level not in ("sentence", "token"):
         raise InputError(f"level must be 'sentence' or 'token', not {level!r}.")
     if len(labels) != store.n_texts:
@@ -277,63 +316,43 @@ def features_from_store(store: Any, labels: Sequence[Any], *, level: str = "sent
         if len(texts) != store.n_texts or texts_hash(texts) != store.manifest.get("texts_sha256"):
             raise InputError(f"these {len(texts)} texts are not the ones the store at {store.path} was captured from "
                              f"({store.n_texts} texts; their fingerprint differs): pass the stored texts, in order.")
-    stacks = list(stacks or store.manifest["stacks"])
-    stored_ids = {st: (store.ids(st, as_="numpy"), store.offsets(st)) for st in store.manifest["stacks"]}
-    folder = None
-    if on_disk:
-        folder = Path(tempfile.mkdtemp(prefix="trilens-features-")) if on_disk is True else Path(on_disk)
-        folder.mkdir(parents=True, exist_ok=True)
-    x: dict[str, torch.Tensor | list[ChunkedRows]] = {}
+
+
+def _word_members(all_ids: np.ndarray, offsets: list[int], texts: Sequence[str], labels: Sequence[Any],
+                  tokenizer: Any, subword: str) -> tuple[Members, tuple[list[Any], list[str], list[int]]]:
+    """The stored token rows of every labelled word, and (labels, word types, text of each word)."""
+    picks: list[list[int]] = []  # global token rows per labelled word
     ys: list[Any] = []
-    groups: list[int] = []
     types: list[str] = []
-    for si, st in enumerate(stacks):
-        layer_sites = _store_layers(store, st)
-        offsets = store.offsets(st)
-        lengths = np.diff(offsets)
-        if level == "sentence":
-            members = Members.of_texts(torch.tensor(offsets[:-1]), torch.as_tensor(lengths), pooling)
-        else:
-            all_ids = stored_ids[st][0]
-            picks = []  # global token rows per labelled word
-            for i, text in enumerate(texts):
-                p, wy, wt = _word_rows(tokenizer, text, all_ids[offsets[i]:offsets[i + 1]].tolist(), labels[i], i, subword)
-                picks += [[offsets[i] + q for q in positions] for positions in p]
-                if si == 0:
-                    ys += wy
-                    types += wt
-                    groups += [i] * len(wy)
-            if not picks:
-                raise InputError("no labelled examples: every word label was None.")
-            members = Members.of_words(picks)
-        per_layer = []
-        for k, name in enumerate(tqdm(layer_sites, desc=f"read {st}", disable=not progress, unit="layer")):
-            sink = RowWriter(folder / f"{st}-{k}.f32") if folder else []
-            first_row = 0
-            for shard in store.iter_shards(name):
-                rows = _to_float(shard)
-                here = members.within(first_row, first_row + rows.shape[0])
-                if here.n:
-                    sink.append(here.pool(rows))
-                first_row += rows.shape[0]
-                del shard, rows
-            per_layer.append(sink.close() if folder else torch.cat(sink))
-        x[st] = per_layer if folder else torch.stack(per_layer)
-    if level == "sentence":
-        ys, groups, types = list(labels), list(range(store.n_texts)), [f"text {i}" for i in range(store.n_texts)]
-        if texts is not None:
-            types = list(texts)
-    # identical texts have identical token ids in every stack
-    same = same_text_groups([b"|".join(ids[off[i]:off[i + 1]].tobytes() for ids, off in stored_ids.values())
-                             for i in range(store.n_texts)])
-    feat = Features(x=x, labels=np.asarray(ys), groups=same[np.asarray(groups, dtype=np.int64)], types=types,
-                    info={"model": store.manifest["model"]["name"], **{k: store.manifest["model"].get(k) for k in
-                                                                           ("architecture", "family", "fingerprint")},
-                          "store": str(store.path), "level": level,
-                          "pooling": pooling if level == "sentence" else subword, "on_disk": str(folder) if folder else None})
-    if on_disk is True:
-        weakref.finalize(feat, shutil.rmtree, folder, ignore_errors=True)
-    return feat
+    groups: list[int] = []
+    for i, text in enumerate(texts):
+        p, wy, wt = _word_rows(tokenizer, text, all_ids[offsets[i]:offsets[i + 1]].tolist(), labels[i], i, subword)
+        picks += [[offsets[i] + q for q in positions] for positions in p]
+        ys += wy
+        types += wt
+        groups += [i] * len(wy)
+    if not picks:
+        raise InputError("no labelled examples: every word label was None.")
+    return Members.of_words(picks), (ys, types, groups)
+
+
+def _read_layers(store: Any, stack: str, members: Members, folder: Path | None,
+                 progress: bool) -> torch.Tensor | list[ChunkedRows]:
+    """Every layer's pooled rows of ``members``, read one shard at a time: ``[layer, row, d]`` in memory, or one
+    ``ChunkedRows`` file per layer in ``folder``."""
+    per_layer = []
+    for k, name in enumerate(tqdm(_store_layers(store, stack), desc=f"read {stack}", disable=not progress, unit="layer")):
+        sink = RowWriter(folder / f"{stack}-{k}.f32") if folder else []
+        first_row = 0
+        for shard in store.iter_shards(name):
+            rows = _to_float(shard)
+            here = members.within(first_row, first_row + rows.shape[0])
+            if here.n:
+                sink.append(here.pool(rows))
+            first_row += rows.shape[0]
+            del shard, rows
+        per_layer.append(sink.close() if folder else torch.cat(sink))
+    return per_layer if folder else torch.stack(per_layer)
 
 
 def _to_float(shard: Any) -> torch.Tensor:
