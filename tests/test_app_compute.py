@@ -149,11 +149,11 @@ def test_probe_results_load_and_small_files_are_probed(zoo, tmp_path):
             for verb in ("is", "sat")]
     data = "\n".join(json.dumps(r) for r in rows).encode()
     result = run_probe(model, data, "label")
-    frame = result.layer_metrics()
+    frame = result.table()
     assert len(frame) == model.n_layers["decoder"] + 1
     result.save(tmp_path / "probe")
     again = load_probe(str(tmp_path / "probe"))
-    assert again.layer_metrics().equals(frame)
+    assert again.table().equals(frame)
     with pytest.raises(InputError, match="no field"):
         run_probe(model, data, "number")
     with pytest.raises(InputError, match="two classes"):

@@ -239,7 +239,7 @@ def test_save_load_round_trip(tiny, tmp_path):
     assert back.words and back.normalise == "l1" and back.method == "integrated_gradients"
     assert torch.equal(back.scores(1, "target"), result.scores(1, "target"))
     frame = back.to_frame()
-    assert set(frame.part) == {"source", "target"} and len(back.step_frame()) == int(back.valid.sum())
+    assert set(frame.part) == {"source", "target"} and len(back.table()) == int(back.valid.sum())
     assert back.figure(1).data
 
 

@@ -241,7 +241,7 @@ def test_knowledge_neurons_and_their_interventions_on_zoo_bert(bert, bert_data, 
 
     kn = knowledge_neurons(bert, bert_data, n_prompts=8, layers=[4, 5], gradiend=bert_gradiend)
     assert set(kn.neurons) == {"A", "B"} and all(layer in (4, 5) for units in kn.neurons.values() for layer, _ in units)
-    effects = kn.effects_frame()
+    effects = kn.table()
     own = effects[(effects.neurons_of == effects.evaluated_on) & (effects.intervention == "suppress")]
     assert (own["change"] <= 0).all()  # suppressing a class's own neurons never raises its probability
     assert kn.overlap["n_neurons"] == 2 * 512 and 0 <= kn.overlap["overlap"] <= kn.overlap["k"]

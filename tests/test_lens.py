@@ -31,7 +31,7 @@ def test_last_layer_of_the_logit_lens_is_the_model(name, tiny):
         last = lens(states[-1], states.shape[0] - 1)
     assert (last - cache.logits).abs().max() <= 1e-4
     result = logit_lens(model, _inputs(model))
-    frame = result.layer_metrics()
+    frame = result.table()
     assert len(frame) == model.n_layers[stack] + 1
     assert frame["kl"].iloc[-1] < 1e-6 and frame["agrees"].iloc[-1] == 1.0
 
@@ -117,7 +117,7 @@ def test_decoder_lens_result_and_errors(tiny, tmp_path):
     model = tiny("t5")
     result = decoder_lens(model, ["x y z"], references=["z y x"], max_new_tokens=4)
     back = DecoderLensResult.load(result.save(tmp_path / "d"))
-    assert back.outputs == result.outputs and "layer  2" in back.table()
+    assert back.outputs == result.outputs and "layer  2" in back.text()
     assert len(result.figure("chrf").data) == 1
     with pytest.raises(TrilensError, match="needs an encoder-decoder"):
         decoder_lens(tiny("gpt2"), ["x y"])
@@ -150,8 +150,8 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny, tmp_path):
     # the model is left as it was: no weight stops requiring gradients, none holds a gradient from the lens's training
     assert {name: p.requires_grad for name, p in model.hf_model.named_parameters()} == flags
     assert all(p.grad is None for p in model.hf_model.parameters())
-    logit = logit_lens(model, texts[100:]).layer_metrics()["kl"]
-    tuned = run_lens(model, texts[100:], lens).layer_metrics()["kl"]
+    logit = logit_lens(model, texts[100:]).table()["kl"]
+    tuned = run_lens(model, texts[100:], lens).table()["kl"]
     assert (tuned.values <= logit.values + 1e-9).all() and tuned.iloc[0] < logit.iloc[0]
     back = TunedLens.load(lens.save(tmp_path / "lens"), model)
     h = torch.randn(2, 3, 32)
@@ -208,7 +208,7 @@ def test_decoder_lens_on_the_trained_t5_rises_with_depth():
     batch = model.encode(sources)
     own = model.tokenizer.batch_decode(model.hf_model.generate(**batch.forward_kwargs(), max_new_tokens=3, do_sample=False),
                                        skip_special_tokens=True)
-    acc = result.layer_metrics()["exact_match"]
+    acc = result.table()["exact_match"]
     assert result.outputs[-1] == own
     assert acc.iloc[-1] == pytest.approx(sum(o == r for o, r in zip(own, refs)) / len(refs))
     assert acc.iloc[0] < acc.iloc[-1]
@@ -236,8 +236,8 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_zoo_text(name):
     lens = TunedLens.from_model(model)
     lens.fit(model, texts("train"), steps=120, batch_size=16, progress=False)
     held = texts("test")
-    logit = logit_lens(model, held).layer_metrics()["kl"].values
-    tuned = run_lens(model, held, lens).layer_metrics()["kl"].values
+    logit = logit_lens(model, held).table()["kl"].values
+    tuned = run_lens(model, held, lens).table()["kl"].values
     assert (tuned <= logit + 1e-6).all(), (tuned, logit)
     assert tuned[1:-1].mean() < 0.7 * logit[1:-1].mean()  # a real gain in the middle layers, not a tie
     assert abs(logit[-1]) < 1e-5 and abs(tuned[-1]) < 1e-5  # the last layer of either lens is the model itself

@@ -29,7 +29,7 @@ def planted(n=600, layers=6, d=24, k=3, classes=2, seed=0):
 
 def test_planted_signal_peaks_at_its_layer_and_control_stays_at_chance(tmp_path):
     res = evaluate_features(planted(k=3), cv=4)
-    frame = res.layer_metrics()
+    frame = res.table()
     assert res.best_layer() == 3
     task, ctrl = frame["task_mean"].to_numpy(), frame["control_mean"].to_numpy()
     assert task[3] > 0.95 and np.delete(task, 3).max() < 0.62
@@ -37,7 +37,7 @@ def test_planted_signal_peaks_at_its_layer_and_control_stays_at_chance(tmp_path)
     assert frame["selectivity"][3] > 0.35
     assert (frame["task_std"] >= 0).all() and frame["task_std"][3] < 0.05
     back = ProbeResult.load(res.save(tmp_path / "r"))
-    assert back.layer_metrics().equals(frame)
+    assert back.table().equals(frame)
     fig = res.figure()
     assert len(fig.data) == 4  # task and control lines with their bands
 
@@ -83,7 +83,7 @@ def test_regression_probe_and_any_sklearn_classifier():
     from sklearn.neighbors import KNeighborsClassifier
 
     res = evaluate_features(planted(k=4), probe=KNeighborsClassifier(5), cv=3, control=False)
-    assert res.best_layer() == 4 and "control_mean" not in res.layer_metrics()
+    assert res.best_layer() == 4 and "control_mean" not in res.table()
 
 
 def test_control_labels_are_fixed_per_type_and_follow_the_label_distribution():
@@ -110,7 +110,7 @@ def test_probing_a_model_sentence_and_token_level(tiny):
     model = tiny("bert")
     texts, labels, words = _sentences()
     res = probe_layers(model, texts, labels, pooling="first", cv=3, progress=False)
-    frame = res.layer_metrics()
+    frame = res.table()
     assert len(frame) == model.n_layers["encoder"] + 1 and res.info["kind"] == "classification"
     # token level: the word's own identity is decodable from the embeddings (layer 0) perfectly
     res = probe_layers(model, texts, words, level="token", cv=3, progress=False)
@@ -145,8 +145,8 @@ def test_store_based_probing_equals_in_memory_probing(tiny, tmp_path):
         disk = features_from_store(store, labs, level=level, texts=texts, tokenizer=model.tokenizer, progress=False, **kw)
         torch.testing.assert_close(disk.x["decoder"], mem.x["decoder"], atol=1e-5, rtol=1e-5)
         assert (disk.labels == mem.labels).all() and (disk.groups == mem.groups).all()
-        a = evaluate_features(mem, cv=3).layer_metrics()
-        b = probe_layers(store, texts, labs, level=level, tokenizer=model.tokenizer, cv=3, progress=False, **kw).layer_metrics()
+        a = evaluate_features(mem, cv=3).table()
+        b = probe_layers(store, texts, labs, level=level, tokenizer=model.tokenizer, cv=3, progress=False, **kw).table()
         np.testing.assert_allclose(a["task_mean"], b["task_mean"], atol=1e-9)
     with pytest.raises(InputError, match="labels for a store of 60 texts"):
         features_from_store(store, labels[:5], progress=False)
@@ -169,24 +169,24 @@ def test_probing_features_kept_on_disk_equals_probing_in_memory(tiny, tmp_path):
     assert all(isinstance(r, ChunkedRows) for r in layers) and len(layers) == mem.x["decoder"].shape[0]
     assert sorted(p.name for p in (tmp_path / "feat").iterdir())[:2] == ["decoder-0.f32", "decoder-1.f32"]
     torch.testing.assert_close(layers[2].take(np.arange(disk.n)), mem.x["decoder"][2])
-    a, b = evaluate_features(mem, cv=3).layer_metrics(), evaluate_features(disk, cv=3).layer_metrics()
+    a, b = evaluate_features(mem, cv=3).table(), evaluate_features(disk, cv=3).table()
     np.testing.assert_allclose(b["task_mean"], a["task_mean"], atol=0.02)  # the same objective, solved on other rows
     np.testing.assert_allclose(b["control_mean"], a["control_mean"], atol=0.02)
-    sk_mem = evaluate_features(mem, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
-    sk_disk = evaluate_features(disk, cv=3, probe=LogisticRegression(max_iter=200), control=False).layer_metrics()
+    sk_mem = evaluate_features(mem, cv=3, probe=LogisticRegression(max_iter=200), control=False).table()
+    sk_disk = evaluate_features(disk, cv=3, probe=LogisticRegression(max_iter=200), control=False).table()
     np.testing.assert_allclose(sk_disk["task_mean"], sk_mem["task_mean"], atol=1e-9)  # loaded layer by layer
     lengths = np.array([float(len(t)) for t in mem.types])  # a real-valued label per word: ridge streams too
-    r_mem = evaluate_features(replace(mem, labels=lengths), cv=3, probe="ridge").layer_metrics()
-    r_disk = evaluate_features(replace(disk, labels=lengths), cv=3, probe="ridge").layer_metrics()
+    r_mem = evaluate_features(replace(mem, labels=lengths), cv=3, probe="ridge").table()
+    r_disk = evaluate_features(replace(disk, labels=lengths), cv=3, probe="ridge").table()
     assert r_mem["task_mean"].notna().all() and r_mem["task_mean"].max() > 0.5  # word length is decodable (R^2)
     np.testing.assert_allclose(r_disk["task_mean"], r_mem["task_mean"], atol=1e-4)
     np.testing.assert_allclose(r_disk["control_mean"], r_mem["control_mean"], atol=1e-4)
-    cross = cross_probe(disk, mem).layer_metrics()["task_mean"].to_numpy()
+    cross = cross_probe(disk, mem).table()["task_mean"].to_numpy()
     assert cross.max() > 0.9  # trained on every word, scored on the same words
     temp = features_from_store(store, labels, on_disk=True, progress=False)
     folder = temp.info["on_disk"]
     res = probe_layers(temp, cv=3)
-    assert res.layer_metrics()["task_mean"].notna().all()
+    assert res.table()["task_mean"].notna().all()
     del temp, res
     gc.collect()
     assert not os.path.exists(folder)  # the temporary folder goes with its Features
@@ -225,7 +225,7 @@ def test_probe_cli(tiny_path, tmp_path, capsys):
     assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "w", "--level", "token", "--cv", "3",
                 "--store", str(store), "--on-disk", "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
     assert f"activations from the store {store}" in capsys.readouterr().out
-    a, b = ProbeResult.load(tmp_path / "out").layer_metrics(), ProbeResult.load(tmp_path / "out2").layer_metrics()
+    a, b = ProbeResult.load(tmp_path / "out").table(), ProbeResult.load(tmp_path / "out2").table()
     np.testing.assert_allclose(b["task_mean"], a["task_mean"], atol=0.02)
     other = tmp_path / "other.jsonl"
     other.write_text("\n".join(js.dumps({"text": t + " x", "y": y}) for t, y in zip(texts, labels)))

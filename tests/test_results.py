@@ -113,6 +113,19 @@ def test_a_fresh_process_loads_results_by_their_recorded_module_and_without_it(r
     assert done.stdout.split() == ["ProbeResult", "LensResult", "True"], done.stderr[-2000:]
 
 
+def test_one_name_for_the_summary_and_the_table_and_the_old_names_still_answer(results):
+    for name, result in results.items():
+        assert result.summary() == repr(result) and repr(result).startswith(name.split("Result")[0][:4]), name
+    renamed = {"LensResult": "layer_metrics", "DecoderLensResult": "layer_metrics", "ProbeResult": "layer_metrics",
+               "AttentionStepsResult": "step_table", "AttributionResult": "step_frame", "KnowledgeNeurons": "effects_frame"}
+    for name, old in renamed.items():
+        with pytest.warns(DeprecationWarning, match=rf"{name}.{old}\(\) is now .table\(\)"):
+            before = getattr(results[name], old)()
+        pd.testing.assert_frame_equal(before, results[name].table())
+    with pytest.raises(trilens.TrilensError, match="has no aggregate table"):
+        results["ActivationCache"].table()
+
+
 def test_results_carry_their_provenance(results, tiny):
     from trilens.provenance import model_fingerprint
 

@@ -136,8 +136,14 @@ class Result:
         raise StoreError(f"{path} holds a {cls.__name__} in a format this trilens cannot read.")
 
     def summary(self) -> str:
-        """One line saying what the result holds."""
+        """One line saying what the result holds: its ``repr``, which every result class defines (the one name for
+        the one-line summary)."""
         return repr(self)
+
+    def table(self, *args: Any, **kwargs: Any):
+        """The result's main aggregate table as pandas (per layer, per step, per intervention...): the one name
+        every result with such a table uses; ``to_frame()`` stays the tidy table of every observation."""
+        raise TrilensError(f"a {type(self).__name__} has no aggregate table; to_frame() holds its observations.")
 
     # -- the shared contract -----------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, figure: bool = False) -> Path:
@@ -183,6 +189,19 @@ class Result:
             return head + "<p>(install plotly for the figure: pip install 'trilens[analysis]')</p>"
         except TrilensError as err:  # a result with nothing to draw says why
             return head + f"<p>{html.escape(str(err))}</p>"
+
+
+def renamed(new: str, old: str) -> Any:
+    """A method kept under its old name ``old``: it calls ``new`` and warns (``DeprecationWarning``)."""
+    import warnings
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        warnings.warn(f"{type(self).__name__}.{old}() is now .{new}(); the old name will go in a later release.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, new)(*args, **kwargs)
+
+    method.__name__, method.__doc__ = old, f"The old name of ``{new}`` (deprecated)."
+    return method
 
 
 def _holds_result(path: Path) -> bool:

@@ -60,7 +60,7 @@ def run(ctx: StudyContext) -> None:
     holds_choice = _earlier_for_easier([solved_choice[d] for d in cfg["depths"]])
     ctx.metric("easier_solved_earlier", holds)
     ctx.metric("easier_solved_earlier_forced_choice", holds_choice)
-    ctx.table("logic_by_layer", res.layer_metrics(groups=depth))
+    ctx.table("logic_by_layer", res.table(groups=depth))
     ctx.figure("logic_accuracy_by_layer", _curves(by_depth, "depth", "logic accuracy (T/F exact match)",
                                                   f"Decoder lens on {cfg['model']}: logic accuracy per encoder layer read"))
     ctx.figure("logic_forced_choice_by_layer", _curves(choice, "depth", "forced choice T vs F (accuracy)",
@@ -85,7 +85,7 @@ def run(ctx: StudyContext) -> None:
         for k in sorted({0, n_layers // 2, n_layers - 1, n_layers}):
             examples[rev[i].text][f"layer {k}"] = rres.outputs[k][i]
     ctx.metric("reverse_examples", examples)
-    ctx.table("reverse_by_layer", rres.layer_metrics(groups=[_bucket(n) for n in lengths]))
+    ctx.table("reverse_by_layer", rres.table(groups=[_bucket(n) for n in lengths]))
     ctx.figure("reverse_exact_match_by_layer", _curves(by_bucket, "length", "reverse exact match",
                                                        f"Decoder lens on {cfg['model']}: reverse exact match per encoder layer read"))
 

@@ -102,7 +102,7 @@ def run(ctx: StudyContext) -> None:
                                                      tokenizer=model.tokenizer, progress=False)
         for task, feat in features.items():
             res = evaluate_features(feat, cv=cfg["cv"], seed=cfg["seed"])
-            frame = res.layer_metrics()
+            frame = res.table()
             best = res.best_layer()
             results[task] = {"n": feat.n, "majority": round(res.info["majority"], 4),
                              "accuracy_by_layer": [round(v, 4) for v in frame["task_mean"]],

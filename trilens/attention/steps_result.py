@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..results import Result, group, register_result
+from ..results import Result, group, register_result, renamed
 
 SENSITIVITY = {"sensitivity": "attention", "residual_sensitivity": "residual"}
 TITLES = {
@@ -92,11 +92,15 @@ class AttentionStepsResult(Result):
         var = ((v - mean[:, None]).pow(2).nan_to_num(0).sum(1) / (n - 1).clamp_min(1))
         return {"mean": mean, "se": (var / n.clamp_min(1)).sqrt().masked_fill(n < 2, 0.0), "n": n}
 
-    def step_table(self, steps: Sequence[int]):
+    step_table = renamed("table", "step_table")
+
+    def table(self, steps: Sequence[int] | None = None):
         """Per metric, the mean over sequences, layers and heads at ``steps`` (1-based; those beyond the longest
-        sequence left out), and the uniform baseline where there is one."""
+        sequence left out; default: the first, middle and last), and the uniform baseline where there is one."""
         import pandas as pd
 
+        if steps is None:
+            steps = sorted({1, max(1, self.n_steps // 2), self.n_steps})
         shown = [t for t in steps if 1 <= t <= self.n_steps]
         means = {name: self.curve(name, by="all")["mean"][0] for name in self.names}
         if self.baseline is not None:
@@ -185,5 +189,5 @@ class AttentionStepsResult(Result):
                 f"{self.n_layers} decoder layers; {', '.join(self.names)})")
 
     def _table_html(self) -> str:
-        table = self.step_table(sorted({1, max(1, self.n_steps // 2), self.n_steps}))
+        table = self.table()
         return table.to_html(index=False, float_format=lambda v: f"{v:.3f}")

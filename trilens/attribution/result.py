@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..results import Result, register_result
+from ..results import Result, register_result, renamed
 from . import aggregate as agg
 
 PARTS = ("source", "target")
@@ -96,7 +96,9 @@ class AttributionResult(Result):
         s = self.scores(sequence, "source")
         return s.topk(min(k, s.shape[1]), dim=1).indices.tolist()
 
-    def step_frame(self):
+    step_frame = renamed("table", "step_frame")
+
+    def table(self):
         """One row per (sequence, step): the step's token and its step scores (and convergence delta)."""
         import pandas as pd
 

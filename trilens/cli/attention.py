@@ -45,7 +45,7 @@ def cmd_attention_steps(args: argparse.Namespace) -> int:
                              probes=args.probes, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     print(f"attention over generation steps — {model.name}, {len(inputs)} inputs, "
           f"{'generated' if targets is None else 'given'} targets (means over sequences, layers and heads):\n")
-    print(result.step_table(TABLE_STEPS).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(result.table(TABLE_STEPS).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     out = result.save(args.out, figure=True)
     if "sensitivity" in result.names:
         write_html(result.figure("sensitivity"), out / "sensitivity.html")

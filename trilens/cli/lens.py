@@ -42,7 +42,7 @@ def cmd_lens_logit(args: argparse.Namespace) -> int:
     print(f"logit lens: top-1 prediction per layer (0 = embeddings) and position — {model.name}\n")
     print(_grid(result, 0))
     print("\nper-layer metrics (nats; means over positions):")
-    print(_metrics_table(result.layer_metrics()))
+    print(_metrics_table(result.table()))
     if args.out:
         print(f"\nsaved to {result.save(args.out)}")
     return 0
@@ -55,7 +55,7 @@ def cmd_lens_decoder(args: argparse.Namespace) -> int:
     refs = [args.reference] if args.reference is not None else None
     result = decoder_lens(model, [args.source], references=refs, mode=args.mode, max_new_tokens=args.max_new_tokens)
     print(f"decoder lens — {model.name}: what the decoder outputs when it reads encoder layer k\n")
-    print(result.table(0))
+    print(result.text(0))
     if args.out:
         print(f"\nsaved to {result.save(args.out)}")
     return 0
@@ -73,8 +73,8 @@ def cmd_lens_tuned(args: argparse.Namespace) -> int:
         print(f"trained {args.steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}; saved to {lens.save(args.out)}")
         return 0
     lens = TunedLens.load(args.lens, model)
-    logit = logit_lens(model, texts).layer_metrics()
-    tuned = run_lens(model, texts, lens).layer_metrics()
+    logit = logit_lens(model, texts).table()
+    tuned = run_lens(model, texts, lens).table()
     frame = logit[["layer"]].assign(logit_kl=logit["kl"], tuned_kl=tuned["kl"], logit_ce=logit["cross_entropy"],
                                     tuned_ce=tuned["cross_entropy"])
     print(f"logit vs tuned lens on {len(texts)} texts — {model.name}")

@@ -43,7 +43,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
                               alpha=args.alpha, max_iter=MAX_ITER if args.max_iter is None else args.max_iter,
                               seed=args.seed, batch_size=args.batch_size, truncate=args.truncate,
                               tokenizer=model.tokenizer, on_disk=args.on_disk, progress=not args.no_progress)
-    frame = result.layer_metrics()
+    frame = result.table()
     where = f"{model.name}" + (f" (activations from the store {args.store})" if args.store else "")
     print(f"{result.info['probe']} probe of {args.label!r} on {where}: {result.info['n']} examples from "
           f"{result.info['n_texts']} distinct texts, {result.info['folds']}-fold {result.metric} per layer (0 = embeddings)")

@@ -31,11 +31,9 @@ class EncodingResult(Result):
         self.values, self.texts, self.labels, self.tokens = values, texts, labels, tokens
         self.classes, self.info = tuple(classes), info
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         means = ", ".join(f"{k} {v:+.3f}" for k, v in self.class_means().items())
         return f"EncodingResult({len(self.texts)} texts; mean feature value: {means})"
-
-    __repr__ = summary
 
     def group(self, label: str | None) -> str:
         return NEUTRAL if label is None else label

@@ -80,13 +80,12 @@ class Gradiend(Result):
     def n_coordinates(self) -> int:
         return self.layout.size if self.keep is None else int(self.keep.numel())
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         r = self.evaluation.get("abs_r")
         r = "?" if r is None else f"{r:.3f}"
         return (f"Gradiend({self.classes[0]} +1 / {self.classes[1]} -1, {self.module.n_features} feature(s) over "
                 f"{self.n_coordinates:,} weight coordinates, held-out |r| {r}, source {self.source})")
 
-    __repr__ = summary
 
     # -- reading and writing weight space ----------------------------------------------------------------------
     def reader(self, model: Model):

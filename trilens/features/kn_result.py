@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..results import Result, register_result
+from ..results import Result, register_result, renamed
 
 
 @register_result
@@ -26,14 +26,12 @@ class KnowledgeNeurons(Result):
         self.neurons = {c: [tuple(n) for n in v] for c, v in neurons.items()}
         self.effects, self.overlap, self.info = effects, overlap, info
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         counts = ", ".join(f"{c}: {len(v)}" for c, v in self.neurons.items())
         extra = ""
         if self.overlap and self.overlap.get("fraction") is not None:
             extra = f"; overlap with GRADIEND's top {self.overlap['k']}: {self.overlap['overlap']}"
         return f"KnowledgeNeurons({counts} neurons over layers {self.layers}{extra})"
-
-    __repr__ = summary
 
     def to_frame(self):
         """One row per knowledge neuron: class, layer, unit, share of prompts, mean attribution."""
@@ -47,7 +45,9 @@ class KnowledgeNeurons(Result):
                              "mean_attribution": float(self.mean_attribution[c][li, unit])})
         return pd.DataFrame(rows, columns=["class", "layer", "unit", "share", "mean_attribution"])
 
-    def effects_frame(self):
+    effects_frame = renamed("table", "effects_frame")
+
+    def table(self):
         import pandas as pd
 
         return pd.DataFrame(self.effects)

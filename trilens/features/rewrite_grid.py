@@ -129,14 +129,12 @@ class RewriteGrid(Result):
         i = self.selected.get(metric)
         return None if i is None else self.rows[i]
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         parts = []
         for m in METRICS:
             b = self.best(m)
             parts.append(f"{m}: " + ("none" if b is None else f"h={b['h']:+g} α={b['alpha']:g} ({b[m + '_lms']:.3f})"))
         return f"RewriteGrid({len(self.rows) - 1} rewrites; base bpi×lms {self.base['bpi_lms']:.3f}; " + "; ".join(parts) + ")"
-
-    __repr__ = summary
 
     def to_frame(self):
         import pandas as pd

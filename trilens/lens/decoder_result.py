@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..results import Result, register_result
+from ..results import Result, register_result, renamed
 
 _FIELDS = ("sources", "references", "outputs", "scores")
 
@@ -30,7 +30,9 @@ class DecoderLensResult(Result):
     def n_layers(self) -> int:
         return len(self.outputs)
 
-    def layer_metrics(self, groups: list[Any] | None = None):
+    layer_metrics = renamed("table", "layer_metrics")
+
+    def table(self, groups: list[Any] | None = None):
         """One row per layer (and group, e.g. formula depth): each score averaged over sources."""
         frame = self.to_frame()
         if groups is not None:
@@ -53,8 +55,8 @@ class DecoderLensResult(Result):
                              **{m: v[k][i] for m, v in self.scores.items()}})
         return pd.DataFrame(rows)
 
-    def table(self, source: int = 0) -> str:
-        """A readable layer -> output table for one source."""
+    def text(self, source: int = 0) -> str:
+        """A readable layer -> output listing for one source."""
         lines = [f"source: {self.sources[source]}"]
         if self.references is not None:
             lines.append(f"reference: {self.references[source]}")
@@ -72,7 +74,7 @@ class DecoderLensResult(Result):
         metric = metric or next(iter(self.scores))
         if metric not in self.scores:
             raise StoreError(f"no score {metric!r}; this result has {', '.join(self.scores)}.")
-        frame = self.layer_metrics(groups)
+        frame = self.table(groups)
         series = ({str(name): g[metric].to_numpy() for name, g in frame.groupby("group")} if groups is not None
                   else {metric: frame[metric].to_numpy()})
         return curves(sorted(frame["layer"].unique().tolist()), series, title=f"decoder lens — {self.info.get('model', '')}",
@@ -97,4 +99,4 @@ class DecoderLensResult(Result):
         return f"DecoderLensResult({len(self.sources)} sources x {self.n_layers} encoder layers, mode={self.info.get('mode')})"
 
     def _table_html(self) -> str:
-        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}") if self.scores else ""
+        return self.table().to_html(index=False, float_format=lambda v: f"{v:.3f}") if self.scores else ""

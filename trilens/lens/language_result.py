@@ -153,7 +153,7 @@ class LanguageLensResult(Result):
             return curves(x, series, title="cosine of the answer slot's residual stream", y_title="cosine")
         raise InputError(f"unknown figure kind {kind!r}: choose 'rank', 'share' or 'cosine'.")
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in self.accuracy().items()) if set(self.languages) <= set(self.answer_languages) else ""
         return f"LanguageLensResult: {len(self.prompts)} prompts, {self.n_layers} layers, accuracy {acc}"
 

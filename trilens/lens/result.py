@@ -9,7 +9,7 @@ import torch
 
 from ..atomic import read_saved
 from ..errors import InputError
-from ..results import Result, group, register_result
+from ..results import Result, group, register_result, renamed
 
 METRICS = ("kl", "cross_entropy", "target_rank", "entropy", "agrees")
 
@@ -48,7 +48,9 @@ class LensResult(Result):
     def token(self, i: int) -> str:
         return self.vocab.get(int(i), str(int(i)))
 
-    def layer_metrics(self):
+    layer_metrics = renamed("table", "layer_metrics")
+
+    def table(self):
         """One row per layer: each metric averaged over real positions (target metrics over positions with a target)."""
         import pandas as pd
 
@@ -119,7 +121,7 @@ class LensResult(Result):
         """Per-layer metric curves (means over real positions)."""
         from ..viz import curves
 
-        frame = self.layer_metrics()
+        frame = self.table()
         return curves(frame["layer"].tolist(), {m: frame[m].to_numpy() for m in metrics},
                       title=f"{self.info.get('lens', 'lens')} lens per layer", x_title="layer", y_title="nats")
 
@@ -148,4 +150,4 @@ class LensResult(Result):
         return f"LensResult({self.info.get('lens')} lens, {self.n_layers} layers, {b} sequences x {p} positions)"
 
     def _table_html(self) -> str:
-        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}")
+        return self.table().to_html(index=False, float_format=lambda v: f"{v:.3f}")

@@ -164,7 +164,7 @@ class LinearShortcut(Result):
         return curves(list(range(len(s))), {f"W, layer {self.layer} -> {self.n_layers}": s.numpy()}, log_y=True,
                       x_title="index", y_title="singular value", title="linear shortcut: singular values of W")
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         return (f"LinearShortcut: layer {self.layer} -> {self.n_layers}, beta {self.beta:g}, fitted on "
                 f"{len(self.fit_prompts)} prompts, mean fit error {float(self.fit_error.mean()):.3f}")
 

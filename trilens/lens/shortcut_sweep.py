@@ -163,7 +163,7 @@ class ShortcutSweepResult(Result):
         title = f"linear shortcut to layer {self.n_layers}" + (f" ({group}: {len(idx_all)} prompts)" if group else "")
         return curves(self.layers, series, dash=dash, title=title, x_title="shortcut from layer", y_title="accuracy")
 
-    def summary(self) -> str:
+    def __repr__(self) -> str:
         acc = self.correct().float().mean(1)
         k = int(acc.argmax())
         return (f"ShortcutSweepResult: {len(self.prompts)} prompts, layers {self.layers[0]}-{self.layers[-1]}; best "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..results import Result, register_result
+from ..results import Result, register_result, renamed
 
 ROW_FIELDS = ["stack", "layer", "target", "fold", "metric", "value"]
 
@@ -16,7 +16,7 @@ ROW_FIELDS = ["stack", "layer", "target", "fold", "metric", "value"]
 class ProbeResult(Result):
     """Scores of layerwise probes: ``to_frame()`` has one row per (stack, layer, target, fold, metric).
 
-    ``layer_metrics()`` averages over folds (mean, std) and adds ``selectivity`` = task − control.
+    ``table()`` averages over folds per layer (mean, std) and adds ``selectivity`` = task − control.
     """
 
     def __init__(self, rows: list[dict[str, Any]], info: dict[str, Any]):
@@ -33,7 +33,9 @@ class ProbeResult(Result):
 
         return pd.DataFrame(self.rows, columns=ROW_FIELDS)
 
-    def layer_metrics(self, metric: str | None = None):
+    layer_metrics = renamed("table", "layer_metrics")
+
+    def table(self, metric: str | None = None):
         """One row per (stack, layer): mean and std over folds of the task (and control) score, and selectivity."""
         metric = metric or self.metric
         frame = self.to_frame()
@@ -52,14 +54,14 @@ class ProbeResult(Result):
 
     def best_layer(self, stack: str | None = None) -> int:
         """The layer with the highest mean task score (the first, on ties)."""
-        frame = self.layer_metrics()
+        frame = self.table()
         if stack is not None:
             frame = frame[frame["stack"] == stack]
         return int(frame.loc[frame["task_mean"].idxmax(), "layer"])
 
     def curve(self, stack: str | None = None, target: str = "task") -> list[float]:
         """The mean score per layer of one stack (the first stack by default)."""
-        frame = self.layer_metrics()
+        frame = self.table()
         stack = stack or frame["stack"].iloc[0]
         return frame[frame["stack"] == stack].sort_values("layer")[f"{target}_mean"].tolist()
 
@@ -68,7 +70,7 @@ class ProbeResult(Result):
         from ..viz import curves
 
         metric = metric or self.metric
-        frame = self.layer_metrics(metric)
+        frame = self.table(metric)
         several = frame["stack"].nunique() > 1
         series, bands, dash = {}, {}, {}
         layers = sorted(frame["layer"].unique().tolist())
@@ -106,4 +108,4 @@ class ProbeResult(Result):
                 f"{self.info.get('folds')} fold(s), n={self.info.get('n')})")
 
     def _table_html(self) -> str:
-        return self.layer_metrics().to_html(index=False, float_format=lambda v: f"{v:.3f}")
+        return self.table().to_html(index=False, float_format=lambda v: f"{v:.3f}")

@@ -50,7 +50,7 @@ def attribution_panel(source: str, inp: AppInput, family: str) -> None:
             st.caption(f"Steps of the {result.info['params']['targets']} target; score {result.info['params']['score']}."
                        + delta)
         downloads("attribution", shown.to_frame, figure)
-        st.dataframe(shown.step_frame(), hide_index=True)
+        st.dataframe(shown.table(), hide_index=True)
 
 
 def _settings(family: str) -> AttributionSettings:

@@ -34,6 +34,6 @@ def probes_panel(source: str) -> None:
                 result = state.probe(source, upload.getvalue(), label.strip())
         figure = result.figure()
         chart(figure, key="probe-curves")
-        table = result.layer_metrics()
+        table = result.table()
         st.dataframe(table, hide_index=True, key="probe-table")
         downloads("probes", table, figure, extra={"info": result.info})
