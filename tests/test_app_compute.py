@@ -14,7 +14,7 @@ from trilens.app.attention_data import (
     difference,
 )
 from trilens.app.inputs import MAX_TOKENS, AppInput, prepare
-from trilens.app.lens_data import lens_difference, lens_view, load_tuned
+from trilens.app.lens_data import lens_difference, lens_result, load_tuned, statistics, targets, tokens
 from trilens.app.prediction import predict
 from trilens.app.probe_data import load_probe, run_probe
 from trilens.errors import InputError
@@ -77,27 +77,31 @@ def test_head_statistics_and_focus_rows_match_closed_forms():
 def test_the_lens_last_layer_is_the_models_own_prediction(name, zoo):
     model = zoo(name)
     prep = prepare(model, INPUTS[name])
-    view = lens_view(model, prep)
-    logits = model.run(prep.model_input)[0, : len(view.tokens)].float()
+    res = lens_result(model, prep)
+    n = len(tokens(res))
+    logits = model.run(prep.model_input)[0, :n].float()
     final = logits.softmax(-1)
     top = final.topk(5)
-    assert [row[0] for row in view.top_tokens[-1]] == model.tokenizer.convert_ids_to_tokens(top.indices[:, 0].tolist())
-    np.testing.assert_allclose(view.top_probs[-1], top.values.numpy(), atol=1e-5)
-    np.testing.assert_allclose(view.values["KL to final"][-1], 0.0, atol=1e-5)
-    assert view.n_layers == model.n_layers[view.stack] + 1
-    for values in view.values.values():
-        assert values.shape == (view.n_layers, len(view.tokens)) and values.dtype == np.float32
-    hover = view.hover_text()
-    assert len(hover) == view.n_layers and hover[-1][0].count("<br>") == 4  # top 5 per cell
+    fig = res.figure()  # what the tab shows: the result's own figure
+    assert list(fig.data[0].text[-1]) == model.tokenizer.convert_ids_to_tokens(top.indices[:, 0].tolist())
+    np.testing.assert_allclose(np.asarray(fig.data[0].z[-1], dtype=float), top.values[:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(res.values("kl")[-1].numpy(), 0.0, atol=1e-5)
+    assert res.n_layers == model.n_layers[res.info["stack"]] + 1
+    for statistic in statistics(res):
+        assert res.figure(metric={"top-1 probability": None, "entropy": "entropy", "KL to final": "kl",
+                                  "target rank": "target_rank"}[statistic]).data[0].z is not None
+    hover = fig.data[0].customdata
+    assert len(hover) == res.n_layers and hover[-1][0].count("<br>") == 4  # top 5 per cell
     if model.family != "encoder":  # next-token (or teacher-forced) targets: their rank at the last layer
-        ranks = view.values["target rank"][-1]
-        scored = [p for p, t in enumerate(view.targets) if t]
+        assert "target rank" in statistics(res)
+        ranks = res.values("target_rank")[-1].numpy()
+        scored = [p for p, t in enumerate(targets(res)) if t]
         assert np.isnan(ranks[[p for p in range(len(ranks)) if p not in scored]]).all()
         for p in scored:
-            target_id = model.tokenizer.convert_tokens_to_ids(view.targets[p])
+            target_id = model.tokenizer.convert_tokens_to_ids(targets(res)[p])
             assert ranks[p] == int((logits[p] > logits[p, target_id]).sum())
-    diff, n = lens_difference(view, view, "entropy")
-    assert n == len(view.tokens) and not diff.any()
+    diff, n_both = lens_difference(res, res, "entropy")
+    assert n_both == n and not diff.any()
 
 
 @pytest.mark.parametrize("name,slot,answer,tokens", [

@@ -8,10 +8,10 @@ import json
 import logging
 import traceback
 from pathlib import Path
-from typing import Any
 
 from .errors import InputError
 from .study import list_studies, run_study
+from .viz.html import figure_from_json
 from .viz.page import Section, write_page
 
 REPORT = "report.html"
@@ -94,11 +94,5 @@ def _section(folder: Path, name: str, error: str | None) -> tuple[Section, list[
         s.code(summary)
         s.blocks.append("</details>")
     for fig_file in sorted((folder / "figures").glob("*.json")):
-        s.figure(fig_file.stem.replace("_", " "), _figure(fig_file))
+        s.figure(fig_file.stem.replace("_", " "), figure_from_json(fig_file.read_text()))
     return s, [c["verdict"] for c in claims]
-
-
-def _figure(path: Path) -> Any:
-    import plotly.io as pio
-
-    return pio.from_json(path.read_text())

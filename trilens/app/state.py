@@ -25,7 +25,7 @@ from .attribution_data import AttributionSettings, attribution_view
 from .feature_data import compute_grid, encode_input
 from .inputs import AppInput, Prepared, prepare
 from .language_data import language_view
-from .lens_data import LensView, lens_view, load_tuned
+from .lens_data import lens_result, load_tuned
 from .patching_data import PatchSettings, atp, exact_part
 from .prediction import Prediction, predict
 from .probe_data import run_probe
@@ -101,9 +101,10 @@ def attention(source: str, text: str, target: str) -> AttentionMaps:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def lens(source: str, text: str, target: str, tuned_path: str = "") -> LensView:
+def lens(source: str, text: str, target: str, tuned_path: str = "") -> Any:
+    """The input's ``LensResult`` (logit lens, or the tuned lens saved at ``tuned_path``)."""
     return _on_input(source, text, target,
-                     lambda m, prep: lens_view(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
+                     lambda m, prep: lens_result(m, prep, load_tuned(m, tuned_path) if tuned_path else None))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -12,6 +12,9 @@ from ..errors import InputError
 from ..results import Result, group, register_result, renamed
 
 METRICS = ("kl", "cross_entropy", "target_rank", "entropy", "agrees")
+# what figure(metric=) colours the cells by: metric -> (unit, colour scale); None = the top-1 probability
+SHOWN = {None: ("top-1 probability", "Blues"), "entropy": ("nats", "Viridis"), "kl": ("nats", "Reds"),
+         "cross_entropy": ("nats", "Reds"), "target_rank": ("rank (0 = top)", "Viridis_r")}
 
 
 def settled_layer(hit: torch.Tensor) -> torch.Tensor:
@@ -100,22 +103,40 @@ class LensResult(Result):
                                 for m in METRICS if m in self.metrics}})
         return pd.DataFrame(rows)
 
-    def figure(self, sequence: int = 0, metric: str | None = None):
-        """Heatmap layers x positions of one sequence: the top token and its probability in each cell
-        (colour: top-1 probability, or ``metric``)."""
-        from ..viz import layer_heatmap
-
-        if not 0 <= sequence < self.mask.shape[0]:
-            raise InputError(f"sequence {sequence} does not exist; this result holds {self.mask.shape[0]}.")
+    def values(self, metric: str | None = None, sequence: int = 0) -> torch.Tensor:
+        """``[layer, position]`` float32 over ``sequence``'s real positions: the top-1 probability, or ``metric``
+        (NaN where it is undefined: a target rank or cross-entropy at a position without a target)."""
+        self._check_sequence(sequence)
         if metric is not None and metric not in self.metrics:
             raise InputError(f"no metric {metric!r}; this result has {', '.join(self.metrics)}.")
+        cols = self.mask[sequence].nonzero().flatten()
+        if metric is None:
+            return self.top_probs[:, sequence, cols, 0].float()
+        v = self.metrics[metric][:, sequence, cols].float()
+        if metric in ("target_rank", "cross_entropy"):
+            v = v.masked_fill((self.targets[sequence, cols] < 0)[None, :], float("nan"))
+        return v
+
+    def figure(self, sequence: int = 0, metric: str | None = None):
+        """Heatmap layers x positions of one sequence: the top-1 token in each cell, the top tokens with their
+        probabilities on hover; the colour is the top-1 probability, or ``metric`` (see ``SHOWN``)."""
+        from ..viz import layer_heatmap
+
+        z = self.values(metric, sequence)
         cols = self.mask[sequence].nonzero().flatten().tolist()
-        z = self.top_probs[:, sequence, cols, 0] if metric is None else self.metrics[metric][:, sequence, cols]
-        text = [[f"{self.token(self.top_ids[lay, sequence, c, 0])}<br>{float(self.top_probs[lay, sequence, c, 0]):.2f}"
-                 for c in cols] for lay in range(self.n_layers)]
-        return layer_heatmap(z, [self.token(self.input_ids[sequence, c]) for c in cols], text=text,
-                             colorbar=metric or "top-1 prob",
-                             title=f"{self.info.get('lens', 'lens')} lens — {self.info.get('model', '')}")
+        text = [[self.token(self.top_ids[lay, sequence, c, 0]) for c in cols] for lay in range(self.n_layers)]
+        hover = [["<br>".join(f"{self.token(i)} {float(p):.3f}" for i, p in zip(self.top_ids[lay, sequence, c].tolist(),
+                                                                               self.top_probs[lay, sequence, c]))
+                  for c in cols] for lay in range(self.n_layers)]
+        unit, colours = SHOWN.get(metric, (metric, "Viridis"))
+        return layer_heatmap(z, [self.token(self.input_ids[sequence, c]) for c in cols], text=text, hover=hover,
+                             colorbar=unit, colorscale=colours,
+                             title=f"{self.info.get('lens', 'logit')} lens — {metric or 'top-1 probability'} "
+                                   f"(cell: top-1 token; hover: top {self.top_ids.shape[-1]})")
+
+    def _check_sequence(self, sequence: int) -> None:
+        if not 0 <= sequence < self.mask.shape[0]:
+            raise InputError(f"sequence {sequence} does not exist; this result holds {self.mask.shape[0]}.")
 
     def curves(self, metrics: tuple[str, ...] = ("kl", "cross_entropy", "entropy")):
         """Per-layer metric curves (means over real positions)."""

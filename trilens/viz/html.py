@@ -12,6 +12,13 @@ def figure_html(fig: Any, *, full_html: bool = True) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=full_html)
 
 
+def figure_from_json(text: str) -> Any:
+    """A plotly figure from its JSON (``fig.to_json()``: what a study keeps beside each figure's HTML)."""
+    import plotly.io as pio
+
+    return pio.from_json(text)
+
+
 def write_html(fig: Any, path: str | os.PathLike) -> Path:
     """Write ``figure_html(fig)`` to ``path`` through a temporary file and a rename (never half-written)."""
     from ..atomic import atomic_write_text

@@ -10,7 +10,8 @@ from ...viz import attention_pattern, layer_heatmap
 from .. import state
 from ..attention_data import VIEW_TITLES, difference
 from ..inputs import AppInput
-from ..lens_data import LENS_STATISTICS, lens_difference
+from ...lens.result import SHOWN
+from ..lens_data import LENS_STATISTICS, lens_difference, statistics, tokens
 from .common import chart, downloads, shown_errors
 
 
@@ -31,12 +32,14 @@ def compare_panel(source: str, inp: AppInput, family: str) -> None:
         with state.timed("compare"):
             lens_a, lens_b = state.lens(source, inp.text, inp.target), state.lens(source, other.text, other.target)
             maps_a, maps_b = state.attention(source, inp.text, inp.target), state.attention(source, other.text, other.target)
-        stats = [s for s in lens_a.statistics if s in lens_b.statistics]
+        stats = [s for s in statistics(lens_a) if s in statistics(lens_b)]
         state.choose("compare_statistic", stats)
         statistic = st.selectbox("lens statistic", stats, key="compare_statistic", bind="query-params")
         diff, n = lens_difference(lens_a, lens_b, statistic)
-        labels = [f"{a} | {b}" for a, b in zip(lens_a.tokens[:n], lens_b.tokens[:n])]
-        lens_fig = layer_heatmap(diff, labels, colorscale="RdBu", zmid=0.0, colorbar=f"Δ {LENS_STATISTICS[statistic][1]}",
+        tokens_a, tokens_b = tokens(lens_a), tokens(lens_b)
+        labels = [f"{a} | {b}" for a, b in zip(tokens_a[:n], tokens_b[:n])]
+        lens_fig = layer_heatmap(diff, labels, colorscale="RdBu", zmid=0.0,
+                                 colorbar=f"Δ {SHOWN[LENS_STATISTICS[statistic]][0]}",
                                  title=f"lens {statistic}: A − B (columns: token of A | token of B)")
         chart(lens_fig, key="compare-lens")
 
@@ -57,8 +60,8 @@ def compare_panel(source: str, inp: AppInput, family: str) -> None:
                                     title=f"{VIEW_TITLES[view]}, layer {layer}, head {head}: A − B")
         chart(att_fig, key="compare-attention")
         def frame() -> pd.DataFrame:  # built when a download is clicked, not on every rerun
-            return pd.DataFrame([{"layer": layer_i, "position": p, "token_a": lens_a.tokens[p],
-                                  "token_b": lens_b.tokens[p], f"{statistic} A - B": float(diff[layer_i, p])}
+            return pd.DataFrame([{"layer": layer_i, "position": p, "token_a": tokens_a[p],
+                                  "token_b": tokens_b[p], f"{statistic} A - B": float(diff[layer_i, p])}
                                  for layer_i in range(diff.shape[0]) for p in range(n)])
         downloads("compare", frame, lens_fig, extra={"attention_difference": {"view": view, "layer": layer,
                                                                                "head": head, "values": delta}})
