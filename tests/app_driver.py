@@ -47,6 +47,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
+    """Return once the Streamlit server of ``proc`` answers ok on ``/_stcore/health``; fail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode()[-2000:] if proc.stdout else ""
+            raise RuntimeError(f"the server exited ({proc.returncode}): {output}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read().decode().strip() == "ok":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no healthy server on port {port} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @contextmanager
 def serve(command: list[str], port: int, timeout: float = 180.0):
     """Run a Streamlit server command until the block ends; yields its URL once ``/_stcore/health`` says ok."""
@@ -54,19 +72,7 @@ def serve(command: list[str], port: int, timeout: float = 180.0):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}): {proc.stdout.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no healthy server on port {port} after {timeout:.0f} s")
-            time.sleep(0.2)
+        wait_healthy(proc, port, timeout)
         yield url
     finally:
         if proc.poll() is None:

@@ -6,11 +6,10 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from app_driver import app_command, free_port
+from app_driver import app_command, free_port, wait_healthy
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir() or os.name != "posix", reason="needs Linux's /proc")
 
@@ -39,17 +38,7 @@ def test_sigterm_to_trilens_app_stops_the_server_and_frees_the_port():
     port = free_port()
     proc = subprocess.Popen(app_command("zoo:gpt", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # until the server answers
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "trilens app exited before serving"
-            assert time.monotonic() < deadline, "no healthy server after 120 s"
-            time.sleep(0.2)
+        wait_healthy(proc, port, timeout=120)
         tree = [proc.pid, *children(proc.pid)]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=5)
