@@ -226,7 +226,7 @@ def test_attention_over_steps_plots_the_results_of_the_library(monkeypatch, mode
     assert not at.exception
     curves = chart(at, "steps-curves")
     layer0 = next(t for t in curves.data if t.name == "layer 0")
-    assert np.allclose(array(layer0.y), expected.curve("entropy")["mean"][0].numpy(), atol=1e-5, equal_nan=True)
+    assert np.allclose(array(layer0.y), expected.curve("entropy").query("series == 'layer 0'")["mean"].to_numpy(), atol=1e-5, equal_nan=True)
     maps = relevancy_maps(m, steps, methods=("relevancy",))
     heat = chart(at, "steps-map")
     assert np.allclose(array(heat.data[0].z), maps.map("relevancy", 0).numpy(), atol=1e-5)

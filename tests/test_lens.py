@@ -90,7 +90,10 @@ def test_targets_ranks_and_result_round_trip(tiny, tmp_path):
     assert back.to_frame().equals(result.to_frame())
     fig = result.figure(sequence=1)
     assert len(fig.data[0].z) == result.n_layers and len(fig.data[0].x) == int(result.mask[1].sum())
-    assert len(result.curves().data) == 3
+    assert len(result.curve_figure().data) == 3
+    curve = result.curve(("kl", "entropy"))
+    assert list(curve.columns) == ["series", "layer", "mean"] and len(curve) == 2 * result.n_layers
+    assert curve.query("series == 'kl'")["mean"].tolist() == result.table()["kl"].tolist()
     masked = [[-1] * ids.shape[1] for _ in range(2)]
     with pytest.raises(InputError, match="targets must have shape"):
         logit_lens(model, TEXTS, targets=masked[:1])

@@ -79,7 +79,7 @@ def test_regression_probe_and_any_sklearn_classifier():
     feat = planted(k=1)
     feat.labels = feat.x["encoder"][1, :, 0].numpy() * 2.0 + 1.0  # a real value present at layer 1 (and linear)
     res = evaluate_features(feat, probe="ridge", cv=3)
-    assert res.metric == "r2" and res.best_layer() == 1 and res.curve()[1] > 0.99
+    assert res.metric == "r2" and res.best_layer() == 1 and res.curve()["mean"][1] > 0.99
     from sklearn.neighbors import KNeighborsClassifier
 
     res = evaluate_features(planted(k=4), probe=KNeighborsClassifier(5), cv=3, control=False)
@@ -114,7 +114,7 @@ def test_probing_a_model_sentence_and_token_level(tiny):
     assert len(frame) == model.n_layers["encoder"] + 1 and res.info["kind"] == "classification"
     # token level: the word's own identity is decodable from the embeddings (layer 0) perfectly
     res = probe_layers(model, texts, words, level="token", cv=3, progress=False)
-    assert res.curve()[0] == 1.0
+    assert res.curve()["mean"][0] == 1.0
     assert res.info["n"] == sum(len(w) for w in words)
 
 
@@ -197,7 +197,7 @@ def test_probing_features_kept_on_disk_equals_probing_in_memory(tiny, tmp_path):
 def test_cross_probing_between_data_sets():
     a, b = planted(seed=0, k=2), planted(seed=1, k=2)
     res = cross_probe(a, b, train_name="seed 0", test_name="seed 1")
-    assert res.best_layer() == 2 and res.curve()[2] > 0.95 and res.info["cross"]
+    assert res.best_layer() == 2 and res.curve()["mean"][2] > 0.95 and res.info["cross"]
     c = Features(x={"encoder": torch.randn(3, 10, 24)}, labels=np.zeros(10), groups=np.arange(10), types=["x"] * 10)
     with pytest.raises(InputError, match="same layers and width"):
         cross_probe(a, c)
@@ -215,7 +215,7 @@ def test_probe_cli(tiny_path, tmp_path, capsys):
                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "selectivity" in printed and "3-fold accuracy" in printed
-    assert ProbeResult.load(tmp_path / "out").curve()[0] == 1.0 and (tmp_path / "out" / "figure.html").exists()
+    assert ProbeResult.load(tmp_path / "out").curve()["mean"][0] == 1.0 and (tmp_path / "out" / "figure.html").exists()
     assert cli(["probe", str(tiny_path("bert")), "--data", str(data), "--label", "nope"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
     # the same probe from a store captured by the CLI, features kept on disk
@@ -339,6 +339,6 @@ def test_copies_of_a_text_never_straddle_the_folds(tiny, tmp_path):
     for tr, te in _splits(feat, "classification", 4, None, 0):
         assert not set(feat.groups[tr]) & set(feat.groups[te])
     res = evaluate_features(feat, cv=4, control=False)
-    assert max(res.curve()) < 0.75  # a random label per text: nothing to learn but the copies
+    assert res.curve()["mean"].max() < 0.75  # a random label per text: nothing to learn but the copies
     store = capture_dataset(model, texts, ["resid"], tmp_path / "s", batch_size=16, progress=False)
     assert (features_from_store(store, labels, progress=False).groups == feat.groups).all()

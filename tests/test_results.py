@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,6 +125,16 @@ def test_one_name_for_the_summary_and_the_table_and_the_old_names_still_answer(r
         pd.testing.assert_frame_equal(before, results[name].table())
     with pytest.raises(trilens.TrilensError, match="has no aggregate table"):
         results["ActivationCache"].table()
+    steps = results["AttentionStepsResult"]
+    curves = {"LensResult": results["LensResult"].curve(), "ProbeResult": results["ProbeResult"].curve(),
+              "AttentionStepsResult": steps.curve(steps.names[0])}  # one return type: pandas, a row per point
+    for name, frame in curves.items():
+        assert isinstance(frame, pd.DataFrame) and {"series", "mean"} <= set(frame.columns) and len(frame), name
+    labels = set(curves["AttentionStepsResult"]["series"])
+    drawn = {t.name: list(t.y) for t in steps.figure(steps.names[0]).data if t.name in labels}
+    assert drawn.keys() == labels
+    for label, ys in drawn.items():  # the figure draws exactly the curve's numbers
+        np.testing.assert_allclose(ys, curves["AttentionStepsResult"].query("series == @label")["mean"], equal_nan=True)
 
 
 def test_results_carry_their_provenance(results, tiny):

@@ -8,6 +8,8 @@ mass on the prompt, against the uniform-attention baseline N / (N + t - 1)) and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 import trilens
@@ -38,6 +40,11 @@ def _exact_match(model, examples) -> float:
     return sum(t.split() == e.target.split() for t, e in zip(gen.texts, examples)) / len(examples)
 
 
+def _mean(curve: Any) -> torch.Tensor:
+    """The mean per step of a one-series ``AttentionStepsResult.curve(..., by="all")``."""
+    return torch.as_tensor(curve["mean"].to_numpy())
+
+
 def _at(curve: torch.Tensor, steps: list[int]) -> dict[str, float]:
     return {str(t): round(float(curve[t - 1]), 4) for t in steps if t <= len(curve) and not torch.isnan(curve[t - 1])}
 
@@ -48,7 +55,7 @@ def run(ctx: StudyContext) -> None:
     tasks = {"reverse": T.reverse(cfg["n_reverse"], seed=cfg["seed"], lengths=(lo, hi), split="test"),
              "logic": T.logic(cfg["n_logic"], seed=cfg["seed"], depths=tuple(cfg["logic_depths"]), split="test")}
     report = cfg["report_steps"]
-    sens_curves: dict[str, dict[str, torch.Tensor]] = {task: {} for task in tasks}
+    sens_curves: dict[str, dict[str, Any]] = {task: {} for task in tasks}
     for name in cfg["models"]:
         model = trilens.load(name)
         short = name.split(":")[-1]
@@ -60,12 +67,12 @@ def run(ctx: StudyContext) -> None:
             m: dict = {"exact_match": round(_exact_match(model, examples), 4), "n": len(examples),
                        "steps": int(res.valid.sum(1).max())}
             sens = {v: res.curve(v, by="all") for v in ("sensitivity", "residual_sensitivity")}
-            m["sensitivity_by_step"] = _at(sens["sensitivity"]["mean"][0], report)
-            m["residual_sensitivity_by_step"] = _at(sens["residual_sensitivity"]["mean"][0], report)
+            m["sensitivity_by_step"] = _at(_mean(sens["sensitivity"]), report)
+            m["residual_sensitivity_by_step"] = _at(_mean(sens["residual_sensitivity"]), report)
             sens_curves[task][short] = sens["sensitivity"]
             if model.family == "decoder":
-                mass = res.curve("source_mass", by="all")["mean"][0]
-                no_sink = res.curve("source_mass_no_sink", by="all")["mean"][0]
+                mass = _mean(res.curve("source_mass", by="all"))
+                no_sink = _mean(res.curve("source_mass_no_sink", by="all"))
                 base = res.baseline.nanmean(0)
                 m["source_mass_by_step"] = _at(mass, report)
                 m["source_mass_no_sink_by_step"] = _at(no_sink, report)
@@ -73,8 +80,8 @@ def run(ctx: StudyContext) -> None:
                 m["source_mass_over_baseline_by_step"] = _at(mass / base, report)
                 ctx.figure(f"{short}_{task}_source_mass", res.figure("source_mass"))
             else:
-                m["cross_entropy_by_step"] = _at(res.curve("cross_entropy", by="all")["mean"][0], report)
-                m["cross_coverage_by_step"] = _at(res.curve("cross_coverage", by="all")["mean"][0], report)
+                m["cross_entropy_by_step"] = _at(_mean(res.curve("cross_entropy", by="all")), report)
+                m["cross_coverage_by_step"] = _at(_mean(res.curve("cross_coverage", by="all")), report)
             ctx.figure(f"{short}_{task}_sensitivity_by_layer", res.figure("sensitivity"))
             ctx.figure(f"{short}_{task}_grid", res.grid_figure())
             ctx.table(f"{short}_{task}_steps", res.to_frame().groupby(["metric", "layer", "step"], as_index=False)["value"].mean())
@@ -82,10 +89,10 @@ def run(ctx: StudyContext) -> None:
                 m["perturbation_area"] = _perturbation(ctx, model, short, inputs, targets)
             ctx.metric(key, m)
     for task, by_model in sens_curves.items():
-        n = min(len(c["mean"][0]) for c in by_model.values())
+        n = min(len(c) for c in by_model.values())
         ctx.figure(f"{task}_sensitivity_gpt_vs_t5", curves(
-            list(range(1, n + 1)), {k: c["mean"][0][:n] for k, c in by_model.items()},
-            bands={k: c["se"][0][:n] for k, c in by_model.items()}, hline=(1.0, "step 1"), x_title="generation step t",
+            list(range(1, n + 1)), {k: c["mean"].to_numpy()[:n] for k, c in by_model.items()},
+            bands={k: c["se"].to_numpy()[:n] for k, c in by_model.items()}, hline=(1.0, "step 1"), x_title="generation step t",
             y_title="S(t) / S(1), mean of layers",
             title=f"{task}: attention output's source sensitivity per step (after Fu et al. 2023)"))
     _summary(ctx, report)

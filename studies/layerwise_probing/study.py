@@ -128,7 +128,7 @@ def run(ctx: StudyContext) -> None:
         ctx.say("")
         ctx.say("  cross-probing (train on one, test on the other), accuracy per layer:")
         for label, res in cross.items():
-            curve = res.curve()
+            curve = res.curve()["mean"].tolist()
             results[f"cross: {label}"] = {"accuracy_by_layer": [round(v, 4) for v in curve], "best_layer": res.best_layer(),
                                           "unconverged_probes": len(res.info["unconverged"])}
             ctx.say(f"  {label:<44}" + "".join(f"{v:>7.2f}" for v in curve))

@@ -70,10 +70,27 @@ class AttentionStepsResult(Result):
             raise InputError(f"standard errors exist for the sensitivities only ({', '.join(SENSITIVITY)}), not {name!r}.")
         return self.sensitivity[SENSITIVITY[name] + "_se"][:, :, None]
 
-    def curve(self, name: str, *, layer: int | None = None, by: str = "layer") -> dict[str, torch.Tensor]:
-        """Per-step means over sequences with their standard error: ``{"mean", "se", "n"}``, each ``[series, step]``.
-        ``by="layer"``: one series per layer (head mean); ``by="head"``: one per head of ``layer``; ``by="all"``: one
-        series, the mean over layers and heads."""
+    def curve(self, name: str, *, layer: int | None = None, by: str = "layer"):
+        """The numbers behind ``figure(name)``, as pandas: one row per (series, step) with the mean over sequences,
+        its standard error and the count. ``by="layer"``: one series per layer (head mean); ``by="head"``: one per
+        head of ``layer``; ``by="all"``: one series, the mean over layers and heads."""
+        import pandas as pd
+
+        c = self._curve_tensors(name, layer, by)
+        labels = self._series_labels(c["mean"].shape[0], layer, by)
+        n_series, n_steps = c["mean"].shape
+        return pd.DataFrame({"series": [label for label in labels for _ in range(n_steps)],
+                             "step": list(range(1, n_steps + 1)) * n_series, "mean": c["mean"].flatten().numpy(),
+                             "se": c["se"].flatten().numpy(), "n": c["n"].flatten().numpy()})
+
+    @staticmethod
+    def _series_labels(n: int, layer: int | None, by: str) -> list[str]:
+        label = {"layer": lambda i: f"layer {i}" if layer is None else f"layer {layer}", "head": lambda i: f"head {i}",
+                 "all": lambda i: "mean"}[by]
+        return [label(i) for i in range(n)]
+
+    def _curve_tensors(self, name: str, layer: int | None, by: str) -> dict[str, torch.Tensor]:
+        """``{"mean", "se", "n"}``, each ``[series, step]`` (see ``curve``)."""
         v = self.values(name)
         if by == "head":
             if layer is None:
@@ -102,7 +119,7 @@ class AttentionStepsResult(Result):
         if steps is None:
             steps = sorted({1, max(1, self.n_steps // 2), self.n_steps})
         shown = [t for t in steps if 1 <= t <= self.n_steps]
-        means = {name: self.curve(name, by="all")["mean"][0] for name in self.names}
+        means = {name: self._curve_tensors(name, None, "all")["mean"][0] for name in self.names}
         if self.baseline is not None:
             means["uniform baseline"] = self.baseline.nanmean(0)
         return pd.DataFrame([{"metric": name, **{f"t={t}": float(m[t - 1]) for t in shown}} for name, m in means.items()])
@@ -137,11 +154,10 @@ class AttentionStepsResult(Result):
         from ..viz import curves
 
         name = name or self._default_name()
-        c = self.curve(name, layer=layer, by=by)
-        labels = {"layer": lambda i: f"layer {i}" if layer is None else f"layer {layer}", "head": lambda i: f"head {i}",
-                  "all": lambda i: "mean"}[by]
-        series = {labels(i): c["mean"][i] for i in range(len(c["mean"]))}
-        bands = {labels(i): c["se"][i] for i in range(len(c["mean"]))}
+        c = self._curve_tensors(name, layer, by)
+        labels = self._series_labels(len(c["mean"]), layer, by)
+        series = {label: c["mean"][i] for i, label in enumerate(labels)}
+        bands = {label: c["se"][i] for i, label in enumerate(labels)}
         dash = {}
         if name == "source_mass" and self.baseline is not None:
             series["uniform attention"] = self.baseline.nanmean(0)

@@ -138,13 +138,25 @@ class LensResult(Result):
         if not 0 <= sequence < self.mask.shape[0]:
             raise InputError(f"sequence {sequence} does not exist; this result holds {self.mask.shape[0]}.")
 
-    def curves(self, metrics: tuple[str, ...] = ("kl", "cross_entropy", "entropy")):
-        """Per-layer metric curves (means over real positions)."""
+    def curve(self, metrics: tuple[str, ...] = ("kl", "cross_entropy", "entropy")):
+        """The per-layer metric curves (means over real positions), as pandas: one row per (metric, layer)."""
+        frame = self.table()
+        missing = [m for m in metrics if m not in frame]
+        if missing:
+            raise InputError(f"no metric {missing[0]!r}; this result has {', '.join(c for c in frame if c != 'layer')}.")
+        long = frame.melt(id_vars="layer", value_vars=list(metrics), var_name="series", value_name="mean")
+        return long[["series", "layer", "mean"]]
+
+    def curve_figure(self, metrics: tuple[str, ...] = ("kl", "cross_entropy", "entropy")):
+        """``curve(metrics)`` drawn: one line per metric over the layers."""
         from ..viz import curves
 
-        frame = self.table()
-        return curves(frame["layer"].tolist(), {m: frame[m].to_numpy() for m in metrics},
+        frame = self.curve(metrics)
+        return curves(sorted(frame["layer"].unique().tolist()),
+                      {m: g.sort_values("layer")["mean"].to_numpy() for m, g in frame.groupby("series", sort=False)},
                       title=f"{self.info.get('lens', 'lens')} lens per layer", x_title="layer", y_title="nats")
+
+    curves = renamed("curve_figure", "curves")
 
     def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors = {"top_ids": self.top_ids, "top_probs": self.top_probs, "mask": self.mask.to(torch.uint8),

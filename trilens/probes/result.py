@@ -59,11 +59,17 @@ class ProbeResult(Result):
             frame = frame[frame["stack"] == stack]
         return int(frame.loc[frame["task_mean"].idxmax(), "layer"])
 
-    def curve(self, stack: str | None = None, target: str = "task") -> list[float]:
-        """The mean score per layer of one stack (the first stack by default)."""
+    def curve(self, stack: str | None = None, target: str = "task"):
+        """The numbers behind one line of ``figure()``, as pandas: one row per layer of ``stack`` (the first by
+        default) with the ``target`` score's ("task" or "control") mean and std over folds."""
         frame = self.table()
         stack = stack or frame["stack"].iloc[0]
-        return frame[frame["stack"] == stack].sort_values("layer")[f"{target}_mean"].tolist()
+        if f"{target}_mean" not in frame:
+            raise StoreError(f"no {target!r} scores here; this result has "
+                             f"{', '.join(c.removesuffix('_mean') for c in frame if c.endswith('_mean'))}.")
+        rows = frame[frame["stack"] == stack].sort_values("layer")
+        std = rows[f"{target}_std"] if f"{target}_std" in rows else float("nan")  # one split: no spread
+        return rows[["layer"]].assign(series=target, mean=rows[f"{target}_mean"], std=std).reset_index(drop=True)
 
     def figure(self, metric: str | None = None, title: str | None = None):
         """Score per layer with ±1 std bands over folds: task and control, one line per stack."""
