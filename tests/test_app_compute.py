@@ -53,7 +53,7 @@ def test_head_statistics_and_focus_rows_match_closed_forms():
     previous = np.eye(n, k=-1, dtype=np.float32)
     previous[0, 0] = 1.0
     patterns = np.stack([np.stack([uniform, previous])])  # 1 layer x 2 heads
-    maps = AttentionMaps({"decoder": patterns}, {"decoder": list("abcde")}, {"decoder": list("abcde")})
+    maps = AttentionMaps(None, {}, {"decoder": patterns}, {"decoder": list("abcde")}, {"decoder": list("abcde")})
     entropy = maps.summary("decoder", "entropy")
     np.testing.assert_allclose(entropy[0, 0], np.mean(np.log(np.arange(1, n + 1))), rtol=1e-6)
     assert entropy[0, 1] == pytest.approx(0.0)

@@ -1,10 +1,11 @@
-"""Attention of one input for the app: every layer and head of each view (a stack's self-attention, the decoder's
-cross-attention), per-head summaries for the layer x head grid, and one token's row across heads."""
+"""Attention of one input for the app: the traced ``ActivationCache`` of every pattern (a stack's self-attention, the
+decoder's cross-attention), whose own ``figure`` draws one head; per-head summaries for the layer x head grid, and
+one token's row across heads, from the same patterns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from ..errors import InputError
 from .inputs import Prepared
 
 if TYPE_CHECKING:
+    from ..capture import ActivationCache
     from ..model import Model
 
 CROSS = "cross"
@@ -45,11 +47,20 @@ STATISTICS = {
 
 @dataclass
 class AttentionMaps:
-    """``patterns[view]``: ``[layer, head, query, key]`` float32; query and key tokens of each view."""
+    """``cache``: the trace of every pattern (one input); ``sites[view]``: its hook name per layer;
+    ``patterns[view]``: ``[layer, head, query, key]`` float32 without padding; query and key tokens of each view."""
 
+    cache: ActivationCache
+    sites: dict[str, list[str]]
     patterns: dict[str, np.ndarray]
     query_tokens: dict[str, list[str]]
     key_tokens: dict[str, list[str]]
+
+    def figure(self, view: str, layer: int, head: int) -> Any:
+        """One head's pattern with its tokens: the cache's own figure (as ``cache.figure(site, head=)`` in a
+        notebook)."""
+        self.head(view, layer, head)  # checks the indices
+        return self.cache.figure(self.sites[view][layer], head=head)
 
     @property
     def views(self) -> list[str]:
@@ -102,7 +113,7 @@ def attention_maps(model: Model, prepared: Prepared) -> AttentionMaps:
         patterns[view] = np.stack([cache[n][0, :, :q_len, :k_len].float().numpy() for n in names[view]]).astype(np.float32)
         queries[view] = cache.tokens(stack)[0][:q_len]
         keys[view] = cache.tokens(key_stack)[0][:k_len]
-    return AttentionMaps(patterns, queries, keys)
+    return AttentionMaps(cache, names, patterns, queries, keys)
 
 
 def difference(a: AttentionMaps, b: AttentionMaps, view: str, layer: int, head: int) -> tuple[np.ndarray, int, int]:

@@ -56,8 +56,7 @@ def _head_views(maps: AttentionMaps, view: str) -> None:
     state.choose("head", list(range(n_heads)))
     head = cols[1].selectbox("head", list(range(n_heads)), key="head", bind="query-params")
     pattern = maps.head(view, layer, head)
-    figure = attention_pattern(pattern, maps.query_tokens[view], maps.key_tokens[view],
-                               title=f"{VIEW_TITLES[view]}: layer {layer}, head {head}")
+    figure = maps.figure(view, layer, head)  # the trace's own figure of this head
     chart(figure, key="attention-pattern")
 
     labels = [f"{i}: {t}" for i, t in enumerate(maps.query_tokens[view])]
