@@ -173,7 +173,6 @@ def _claims(ctx: StudyContext) -> None:
     """The founding papers' claims against the top-1 rates and convergence deltas of every run."""
     cfg = ctx.config
     runs = {short: m for short, m in ctx.metrics.items() if isinstance(m, dict)}
-    majority = len(runs) / 2
     if "integrated_gradients" in cfg["methods"]:
         deltas = ", ".join(f"{short} {m['integrated_gradients']['median_delta']:.3g}" for short, m in runs.items())
         complete = max(m["integrated_gradients"]["median_delta"] for m in runs.values()) <= IG_DELTA_OK
@@ -186,27 +185,30 @@ def _claims(ctx: StudyContext) -> None:
                   note=f"reproduced if every run's median delta is at most {IG_DELTA_OK} log-prob units"
                        + (f"; not comparable below the paper's {IG_PAPER_STEPS} steps" if too_few_steps else ""))
         if "saliency" in cfg["methods"]:
-            pairs = "; ".join(f"{short} {m['integrated_gradients']['top1']:.2f} vs {m['saliency']['top1']:.2f}"
-                              for short, m in runs.items())
-            better = [m for m in runs.values() if m["integrated_gradients"]["top1"] >= m["saliency"]["top1"]]
-            ctx.claim("Integrated gradients, unlike plain gradients, satisfy sensitivity, so they credit the input "
-                      "that the output depends on better than gradients (saliency) do.",
-                      paper="Sundararajan et al. 2017",
-                      measured=f"top-1 rate of the right source token, integrated gradients vs saliency: {pairs}; "
-                               f"integrated gradients at least as good on {len(better)} of {len(runs)} runs",
-                      verdict="reproduced" if len(better) > majority else "not reproduced",
-                      note="the paper argues from axioms; reproduced if integrated gradients match or beat saliency's "
-                           "top-1 on most runs")
+            _top1_claim(ctx, runs, "integrated_gradients", ["saliency"], ties=True, paper="Sundararajan et al. 2017",
+                        claim="Integrated gradients, unlike plain gradients, satisfy sensitivity, so they credit the "
+                              "input that the output depends on better than gradients (saliency) do.",
+                        note="the paper argues from axioms; reproduced if integrated gradients match or beat "
+                             "saliency's top-1 on most runs")
     others = [base for base in cfg["baselines"] if base != "relevancy"]
     if "relevancy" in cfg["baselines"] and others:
-        pairs = "; ".join(f"{short} {m['relevancy']['top1']:.2f} vs "
-                          + " / ".join(f"{m[base]['top1']:.2f}" for base in others) for short, m in runs.items())
-        wins = [m for m in runs.values() if all(m["relevancy"]["top1"] > m[base]["top1"] for base in others)]
-        ctx.claim("Relevancy (attention weighted by its gradients, propagated through the layers) explains a "
-                  "transformer's output better than raw attention and attention rollout.",
-                  paper="Chefer, Gur & Wolf 2021",
-                  measured=f"top-1 rate of the right source token, relevancy vs {' / '.join(others)}: {pairs}; "
-                           f"relevancy best on {len(wins)} of {len(runs)} runs",
-                  verdict="reproduced" if len(wins) > majority else "not reproduced",
-                  note="reproduced if relevancy's top-1 beats every other attention map's on most runs; 'attention' is "
-                       "the last layer's (cross-attention for T5)")
+        _top1_claim(ctx, runs, "relevancy", others, ties=False, paper="Chefer, Gur & Wolf 2021",
+                    claim="Relevancy (attention weighted by its gradients, propagated through the layers) explains a "
+                          "transformer's output better than raw attention and attention rollout.",
+                    note="reproduced if relevancy's top-1 beats every other attention map's on most runs; 'attention' "
+                         "is the last layer's (cross-attention for T5)")
+
+
+def _top1_claim(ctx: StudyContext, runs: dict, method: str, others: list[str], *, ties: bool, paper: str, claim: str,
+                note: str) -> None:
+    """A claim that ``method`` finds the right source token (top-1) more often than ``others`` on most runs
+    (``ties``: as often counts)."""
+    pairs = "; ".join(f"{short} {m[method]['top1']:.2f} vs " + " / ".join(f"{m[o]['top1']:.2f}" for o in others)
+                      for short, m in runs.items())
+    wins = [m for m in runs.values()
+            if all(m[method]["top1"] >= m[o]["top1"] if ties else m[method]["top1"] > m[o]["top1"] for o in others)]
+    name = method.replace("_", " ")
+    measured = (f"top-1 rate of the right source token, {name} vs {' / '.join(others)}: {pairs}; {name} "
+                f"{'at least as good' if ties else 'best'} on {len(wins)} of {len(runs)} runs")
+    ctx.claim(claim, paper=paper, measured=measured, note=note,
+              verdict="reproduced" if len(wins) > len(runs) / 2 else "not reproduced")

@@ -138,15 +138,13 @@ def _claims(ctx: StudyContext, readouts: dict[str, dict[str, Any]]) -> None:
 
     falls = {name: sum(b <= a + 1e-6 for a, b in pairwise(r["kl_logit"])) for name, r in readouts.items()}
     steps = {name: len(r["kl_logit"]) - 1 for name, r in readouts.items()}
-    converges = all(falls[name] == steps[name] for name in readouts)
-    ctx.claim("Read through the model's own unembedding, each layer's prediction gets closer to the final output "
-              "layer by layer: the logit lens's KL to the final distribution falls with depth.",
-              paper=logit_paper,
-              measured="logit-lens KL(final || layer) falls at " + "; ".join(
-                  f"{falls[n]} of {steps[n]} layer steps on {short[n]} ({r['kl_logit'][0]:.2f} nats at the embeddings, "
-                  f"{r['kl_logit'][-2]:.2f} one layer before the last)" for n, r in readouts.items()),
-              verdict="reproduced" if converges else "not reproduced",
-              note="reproduced if it falls at every step on every model; held-out text, every token")
+    _on_every_model(
+        ctx, "Read through the model's own unembedding, each layer's prediction gets closer to the final output layer "
+             "by layer: the logit lens's KL to the final distribution falls with depth.", logit_paper,
+        "logit-lens KL(final || layer) falls at",
+        {n: (falls[n] == steps[n], f"{falls[n]} of {steps[n]} layer steps on {short[n]} ({r['kl_logit'][0]:.2f} nats "
+                                   f"at the embeddings, {r['kl_logit'][-2]:.2f} one layer before the last)")
+         for n, r in readouts.items()}, "reproduced if it falls at every step on every model")
 
     early = sum(k is not None and k < r["n_layers"] for r in readouts.values() for k in r["settled"].values())
     groups = sum(len(r["settled"]) for r in readouts.values())
@@ -158,19 +156,30 @@ def _claims(ctx: StudyContext, readouts: dict[str, dict[str, Any]]) -> None:
                            f"{short[n]} " + "/".join("none" if k is None else f"{k:g}" for k in r["settled"].values())
                            + f" of {r['n_layers']}"
                            for n, r in readouts.items()) + ")",
-              verdict="reproduced" if early == groups else "not reproduced",
+              verdict=_verdict(early == groups),
               note="reproduced if every task group settles before the last layer; forced choice (T/F, she/he, verb "
                    "forms), examples the model gets right")
 
-    better = all(r["tuned_below"] == len(r["kl_logit"]) for r in readouts.values())
-    ctx.claim("A learned affine translator per layer (the tuned lens) reads the final distribution out of every layer "
-              "better than the logit lens: lower KL to the final output at every layer.",
-              paper=tuned_paper,
-              measured="tuned-lens KL <= logit-lens KL at " + "; ".join(
-                  f"{r['tuned_below']} of {len(r['kl_logit'])} layers on {short[n]} (embeddings: "
-                  f"{r['kl_tuned'][0]:.2f} vs {r['kl_logit'][0]:.2f} nats)" for n, r in readouts.items()),
-              verdict="reproduced" if better else "not reproduced",
-              note="reproduced if it holds at every layer on every model; held-out text, every token")
+    _on_every_model(
+        ctx, "A learned affine translator per layer (the tuned lens) reads the final distribution out of every layer "
+             "better than the logit lens: lower KL to the final output at every layer.", tuned_paper,
+        "tuned-lens KL <= logit-lens KL at",
+        {n: (r["tuned_below"] == len(r["kl_logit"]), f"{r['tuned_below']} of {len(r['kl_logit'])} layers on "
+                                                     f"{short[n]} (embeddings: {r['kl_tuned'][0]:.2f} vs "
+                                                     f"{r['kl_logit'][0]:.2f} nats)") for n, r in readouts.items()},
+        "reproduced if it holds at every layer on every model")
+
+
+def _on_every_model(ctx: StudyContext, claim: str, paper: str, what: str, by_model: dict[str, tuple[bool, str]],
+                    rule: str) -> None:
+    """A claim that holds where it holds on every model: ``by_model`` gives each model's (holds, what was measured)."""
+    measured = f"{what} " + "; ".join(text for _, text in by_model.values())
+    ctx.claim(claim, paper=paper, measured=measured, note=f"{rule}; held-out text, every token",
+              verdict=_verdict(all(holds for holds, _ in by_model.values())))
+
+
+def _verdict(holds: bool) -> str:
+    return "reproduced" if holds else "not reproduced"
 
 
 def _scaled(cfg: dict[str, Any], key: str) -> dict[str, int]:
