@@ -37,6 +37,7 @@ from .grad_hooks import (
     linearized_activations,
     split_encoder,
 )
+from .grad_scale import grad as scaled_grad
 from .gradient_result import EMBED_KIND, GradientResult, embed_key
 from .interventions import Intervention, RunState
 from .objectives import (
@@ -206,7 +207,7 @@ def _one_pass(model: Model, batch: Batch, objective: Objective, names: list[str]
 
 
 def _grad(output: torch.Tensor, inputs: list[torch.Tensor], keys: list[str], **kw: Any) -> list[torch.Tensor]:
-    return _require_grads(list(torch.autograd.grad(output, inputs, allow_unused=True, **kw)), keys)
+    return _require_grads(list(scaled_grad(output, inputs, allow_unused=True, **kw)), keys)
 
 
 def _require_grads(grads: list[torch.Tensor | None], keys: list[str]) -> list[torch.Tensor]:

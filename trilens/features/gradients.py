@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..capture.grad_hooks import frozen_weights, head_rows
+from ..capture.grad_scale import grad as scaled_grad
 from ..capture.interventions import Intervention, RunState
 from ..capture.objectives import token_id
 from ..capture.trace import intervention_hooks
@@ -114,7 +115,7 @@ class GradientReader:
 
     def _grad(self, loss: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
         """d loss / d parameters, flattened (only the kept coordinates)."""
-        found = iter(torch.autograd.grad(loss, self._flat_leaves, retain_graph=retain_graph, allow_unused=True))
+        found = iter(scaled_grad(loss, self._flat_leaves, retain_graph=retain_graph, allow_unused=True))
         grads = [_gather(p, group, [next(found) for _ in group]) for p, group in zip(self.params, self.leaves)]
         return self._flat(grads)
 

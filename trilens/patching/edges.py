@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..capture.grad_hooks import embedding_modules, frozen_weights, input_embeddings, keep_hook
+from ..capture.grad_scale import grad as scaled_grad
 from ..devices import with_weights_onloaded
 from ..errors import InputError
 from ..provenance import provenance
@@ -195,7 +196,7 @@ def receiver_gradients(model: Model, graph: Graph, clean: Batch, corrupted: Batc
                     model.hooks(hooks):
                 logits = model.hf_model(**sub.forward_kwargs()).logits
                 value = bound.of_run(logits, sub, pairs)
-            got = torch.autograd.grad(value.sum(), [store[s] for s in sites], allow_unused=True)
+            got = scaled_grad(value.sum(), [store[s] for s in sites], allow_unused=True)
             for s, g in zip(sites, got):
                 g = torch.zeros_like(store[s]) if g is None else g
                 acc = total.setdefault(s, torch.zeros(n_pairs, *g.shape[1:], dtype=torch.float64, device=g.device))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..capture.grad_hooks import frozen_weights, input_embeddings, keep_hook
+from ..capture.grad_scale import grad as scaled_grad
 from ..errors import SiteError
 
 if TYPE_CHECKING:
@@ -39,6 +40,6 @@ def metric_gradients(model: Model, batch: Batch, bound: ResolvedMetric, sites: S
         if missing:
             raise SiteError(f"site {missing[0]} did not fire in the patched run.")
         live = [n for n in sites if store[n].requires_grad] if value.requires_grad else []  # all stopped: no path
-        grads = dict(zip(live, torch.autograd.grad(value.sum(), [store[n] for n in live], allow_unused=True))) if live else {}
+        grads = dict(zip(live, scaled_grad(value.sum(), [store[n] for n in live], allow_unused=True))) if live else {}
         out.append({n: store[n].new_zeros(store[n].shape) if grads.get(n) is None else grads[n].detach() for n in sites})
     return out
