@@ -34,9 +34,11 @@ $(DOCS_STAMP): $(STAMP)
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m trilens.demo
 
-# The site, built offline into site/ with the tutorials executed (the test suite builds it without running them).
+# The site, built offline into site/ with the tutorials executed (the test suite builds it without running them);
+# plotly's "notebook" renderer puts plotly.js in the page once, so the tutorials' figures draw from file://.
 docs: setup $(DOCS_STAMP)
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TRILENS_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TRILENS_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 PLOTLY_RENDERER=notebook \
+		$(VENV)/bin/mkdocs build --strict
 
 test: setup $(RAY_STAMP) $(DOCS_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -p no:cacheprovider
