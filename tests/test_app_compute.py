@@ -14,7 +14,7 @@ from trilens.app.attention_data import (
     difference,
 )
 from trilens.app.inputs import MAX_TOKENS, AppInput, prepare
-from trilens.app.lens_data import lens_difference, lens_result, load_tuned, statistics, targets, tokens
+from trilens.app.lens_data import lens_difference, lens_result, load_tuned, statistics
 from trilens.app.prediction import predict
 from trilens.app.probe_data import load_probe, run_probe
 from trilens.errors import InputError
@@ -78,7 +78,7 @@ def test_the_lens_last_layer_is_the_models_own_prediction(name, zoo):
     model = zoo(name)
     prep = prepare(model, INPUTS[name])
     res = lens_result(model, prep)
-    n = len(tokens(res))
+    n = len(res.tokens())
     logits = model.run(prep.model_input)[0, :n].float()
     final = logits.softmax(-1)
     top = final.topk(5)
@@ -95,10 +95,10 @@ def test_the_lens_last_layer_is_the_models_own_prediction(name, zoo):
     if model.family != "encoder":  # next-token (or teacher-forced) targets: their rank at the last layer
         assert "target rank" in statistics(res)
         ranks = res.values("target_rank")[-1].numpy()
-        scored = [p for p, t in enumerate(targets(res)) if t]
+        scored = [p for p, t in enumerate(res.target_tokens()) if t]
         assert np.isnan(ranks[[p for p in range(len(ranks)) if p not in scored]]).all()
         for p in scored:
-            target_id = model.tokenizer.convert_tokens_to_ids(targets(res)[p])
+            target_id = model.tokenizer.convert_tokens_to_ids(res.target_tokens()[p])
             assert ranks[p] == int((logits[p] > logits[p, target_id]).sum())
     diff, n_both = lens_difference(res, res, "entropy")
     assert n_both == n and not diff.any()

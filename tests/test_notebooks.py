@@ -24,9 +24,8 @@ def test_the_notebook_runs_clean(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     book = nbformat.read(path, as_version=4)
+    # a cell that raises fails the test here (CellExecutionError)
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
     figures = [o for c in book.cells if c.cell_type == "code" for o in c.outputs
                if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert figures, "every tutorial shows its figures inline"

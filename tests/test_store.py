@@ -34,6 +34,10 @@ def test_round_trip_equals_trace_without_padding(tiny, tmp_path):
     store = capture_dataset(model, TEXTS, ["resid_post", "mlp_post"], tmp_path / "s", batch_size=3,
                             texts_per_shard=7, progress=False)
     assert len(store.to_frame()) == 3 and store.n_texts == len(TEXTS)
+    umask = os.umask(0)
+    os.umask(umask)  # written through temporary files, with the modes open() gives (not tempfile's private 0600)
+    for f in (tmp_path / "s").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
     cache = model.trace(TEXTS, sites=["resid_post", "mlp_post"])
     mask = cache.mask()
     assert store.n_tokens() == int(mask.sum())  # padding is not stored

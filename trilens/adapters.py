@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .devices import onloaded
+from .devices import offloaded_modules, onloaded
 from .errors import UnsupportedArchitectureError
 
 _LOCK = threading.Lock()  # the adapter registry is process-wide: one build at a time swaps it
@@ -107,7 +107,7 @@ def _onload_attention(bridge: Any) -> None:
 
     for component in bridge.modules():
         layer = getattr(component, "original_component", None)
-        if not isinstance(component, AttentionBridge) or layer is None or not _offloaded(layer):
+        if not isinstance(component, AttentionBridge) or layer is None or not offloaded_modules(layer):
             continue
 
         @functools.wraps(component.forward)
@@ -117,10 +117,3 @@ def _onload_attention(bridge: Any) -> None:
 
         object.__setattr__(component, "forward", forward)  # the bridge's __setattr__ would set the HF module's
 
-
-def _offloaded(module: Any) -> bool:
-    try:
-        from accelerate.utils import has_offloaded_params
-    except ImportError:
-        return False
-    return any(has_offloaded_params(m) for m in module.modules())

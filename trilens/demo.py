@@ -39,14 +39,16 @@ def _card_line(name: str) -> str:
     return f"held-out accuracy: {', '.join(parts)} (trained here in {card['train_seconds'] / 60:.0f} min)"
 
 
-def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> None:
-    """Logit lens at the answer's slot: the answer's probability and the top token of every layer."""
-    from .lens import lens_at_answers
+def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> list[tuple[str, Any]]:
+    """Logit lens at the answer's slot: the answer's probability and the top token of every layer (one lens run,
+    printed at the slot and drawn at every position)."""
+    from .lens import answer_slots, run_lens
 
-    tok = model.tokenizer
-    at = lens_at_answers(model, [text], [answer])
+    targets, pos = answer_slots(model, [text], [answer])
+    res = run_lens(model, [text], targets=targets)
+    at = res.at(pos)
     probs = (-at["cross_entropy"][:, 0]).exp().tolist()
-    tops = tok.convert_ids_to_tokens(at["top_id"][:, 0].tolist())
+    tops = [res.token(i) for i in at["top_id"][:, 0].tolist()]
     print(f"  {text!r} -> {answer}: logit lens at the answer's slot", file=out)
     print("    layer  " + "".join(f"{k:>7}" for k in range(len(probs))), file=out)
     print(f"    p({answer})   " + "".join(f"{p:>7.2f}" for p in probs), file=out)
@@ -54,6 +56,7 @@ def _answer_per_layer(model: Any, text: str, answer: str, out: TextIO) -> None:
     settled = int(at["settled"][0])
     print(f"    the answer is top-1 from layer {settled} on" if settled >= 0 else "    the model gets it wrong", file=out)
     _salient_tokens(model, text, answer, out)
+    return [(f"Logit lens on {text!r}: every layer's top token and its probability at every position", res.figure())]
 
 
 def _salient_tokens(model: Any, text: str, answer: str, out: TextIO) -> None:
@@ -68,7 +71,7 @@ def _salient_tokens(model: Any, text: str, answer: str, out: TextIO) -> None:
           + ", ".join(f"{i}:{tokens[i]} ({float(scores[i]):.2f})" for i in top), file=out)
 
 
-def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> None:
+def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> list[tuple[str, Any]]:
     from .lens import decoder_lens
 
     res = decoder_lens(model, [f"{formula} =", f"{REVERSE} >"], references=[answer, " ".join(reversed(REVERSE.split()))],
@@ -78,20 +81,8 @@ def _decoder_lens_view(model: Any, formula: str, answer: str, out: TextIO) -> No
         print(f"    {src!r}  (expected: {res.references[i]})", file=out)
         for k, outs in enumerate(res.outputs):
             print(f"      layer {k}: {outs[i]}", file=out)
-
-
-def _figures(model: Any, formula: str, answer: str) -> list[tuple[str, Any]]:
-    """The demo's views of ``model`` as (caption, figure)."""
-    from .lens import decoder_lens, logit_lens
-
-    if model.family == "encoder-decoder":
-        res = decoder_lens(model, [f"{formula} =", f"{REVERSE} >"],
-                           references=[answer, " ".join(reversed(REVERSE.split()))], max_new_tokens=12)
-        return [("Decoder lens: the decoder's output when it reads encoder layer k, scored against the answer (exact "
-                 "match, per source)", res.figure())]
-    text = f"{formula} =" if model.family == "decoder" else f"{formula} = [MASK]"
-    return [(f"Logit lens on {text!r}: every layer's top token and its probability at every position",
-             logit_lens(model, [text]).figure())]
+    return [("Decoder lens: the decoder's output when it reads encoder layer k, scored against the answer (exact "
+             "match, per source)", res.figure())]
 
 
 def main(out: TextIO = sys.stdout, report: str | Path | None = REPORT) -> int:
@@ -115,11 +106,11 @@ def main(out: TextIO = sys.stdout, report: str | Path | None = REPORT) -> int:
         stacks = ", ".join(f"{s} {n} layers" for s, n in model.n_layers.items())
         print(f"zoo:{name} — {model.architecture} ({model.family}; {stacks}; d_model {model.d_model})", file=out)
         print(f"  {_card_line(name)}", file=out)
-        view(model)
+        figures = view(model)
         print(file=out)
         section = Section(f"zoo:{name} — {model.architecture}", name)
         section.text(f"{model.family}; {stacks}; d_model {model.d_model}. {_card_line(name)}.")
-        for caption, fig in _figures(model, formula, answer):
+        for caption, fig in figures:
             section.figure(caption, fig)
         sections.append(section)
     print(f"Done in {time.perf_counter() - start:.1f} s. Next: the tutorials in docs/tutorials/, "

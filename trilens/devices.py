@@ -64,6 +64,15 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def offloaded_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules of ``module`` whose weights ``accelerate`` offloaded (to CPU or disk); none without accelerate."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:  # no accelerate: nothing can be offloaded
+        return []
+    return [m for m in module.modules() if has_offloaded_params(m)]
+
+
 @contextmanager
 def onloaded(module: torch.nn.Module) -> Iterator[None]:
     """Within the block, every layer that ``accelerate`` offloaded (to CPU or disk) holds its weights on its execution
@@ -72,17 +81,16 @@ def onloaded(module: torch.nn.Module) -> Iterator[None]:
     memory for the block; a model that is not offloaded is left as it is."""
     from contextlib import ExitStack
 
-    try:
-        from accelerate.utils import align_module_device, has_offloaded_params
-    except ImportError:  # no accelerate: nothing can be offloaded
+    offloaded = offloaded_modules(module)
+    if not offloaded:
         yield
         return
-    hooks = []
+    from accelerate.utils import align_module_device
+
+    hooks = [m._hf_hook for m in offloaded]
     with ExitStack() as stack:
-        for m in module.modules():
-            if has_offloaded_params(m):
-                stack.enter_context(align_module_device(m))
-                hooks.append(m._hf_hook)
+        for m in offloaded:
+            stack.enter_context(align_module_device(m))
         for hook in hooks:
             hook.offload = False
         try:

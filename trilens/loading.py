@@ -166,10 +166,7 @@ def load(
 
     torch_dtype = as_dtype(dtype)
     torch_device = as_device(device)
-    if torch_device is not None and hf_kwargs.get("device_map") is not None:
-        raise ModelLoadError("pass either device= or device_map=: a model placed by a device_map stays where "
-                             "accelerate put it.")
-    check_device_map(hf_kwargs.get("device_map"))
+    check_device_map(hf_kwargs.get("device_map"), torch_device)
     folder: Path | None = None
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, hf_kwargs=hf_kwargs)
 
@@ -241,11 +238,14 @@ def _offload_refused(hf: Any, arch: Architecture, err: Exception) -> str:
 def _language_map(folder: Path) -> dict[str, str] | None:
     """The folder's ``languages.json`` (token -> language, for the language lens), if it has one."""
     path = folder / LANGUAGE_MAP_FILE
-    if not path.exists():
-        return None
+    return read_language_map(path) if path.exists() else None
+
+
+def read_language_map(path: Path) -> dict[str, str]:
+    """A JSON file mapping each token to its language (a model folder's ``languages.json``, or the user's own)."""
     try:
-        table = json.loads(path.read_text())
-    except ValueError as err:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path} is not JSON ({err}); it should map each token to its language.") from err
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise ModelLoadError(f"{path} should be one JSON object mapping each token to its language (a string).")

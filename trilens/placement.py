@@ -42,12 +42,18 @@ def example_device_map(parts: list[str]) -> dict[str, str]:
     return {p: "disk" if p in later else "cpu" for p in parts}
 
 
-def check_device_map(device_map: Any) -> None:
-    """Refuse, before anything loads, a ``device_map`` that names a device this machine does not have."""
+def check_device_map(device_map: Any, device: Any = None) -> None:
+    """Refuse, before anything loads, a ``device_map`` beside a ``device``, or one that names a device this machine
+    does not have."""
     from .devices import as_device
     from .errors import ModelLoadError, TrilensError
 
-    if device_map is None or isinstance(device_map, str):
+    if device_map is None:
+        return
+    if device is not None:
+        raise ModelLoadError("pass either device= or device_map=: a model placed by a device_map stays where "
+                             "accelerate put it.")
+    if isinstance(device_map, str):
         return
     if not isinstance(device_map, dict):
         raise ModelLoadError(f"device_map must be 'auto' (or another accelerate strategy) or a dict of module name -> "

@@ -8,13 +8,13 @@ It pickles as the source's path and offsets, so Ray workers open the source them
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
 from .sources import data_file, open_dataset, read_rows
+from .text_files import json_object
 
 CHUNK = 4096  # rows per read when iterating
 
@@ -120,11 +120,8 @@ class StreamedRows(Sequence):
                     rows.append(line)
         objects = []
         for j, line in enumerate(rows):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{self.path}: row {start + j + 1} is not valid JSON ({err.msg}).") from err
-            missing = [c for c in self.columns if not isinstance(row, dict) or c not in row]
+            row = json_object(line, f"{self.path}: row {start + j + 1}")
+            missing = [c for c in self.columns if c not in row]
             if missing:
                 raise InputError(f"{self.path}: row {start + j + 1} has no {missing[0]!r} field.")
             objects.append(row)
@@ -153,11 +150,7 @@ def _line_offsets(path: Path) -> tuple[list[int], list[str]]:
         for line in f:
             if line.strip():
                 if not offsets:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise InputError(f"{path}: its first row is not valid JSON ({err.msg}).") from err
-                    first = list(row) if isinstance(row, dict) else []
+                    first = list(json_object(line, f"{path}: row 1"))
                 offsets.append(pos)
             pos += len(line)
     return offsets, first

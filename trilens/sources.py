@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .text_files import json_lines
 
 FILE_KINDS = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -145,17 +146,9 @@ def _csv(path: Path) -> Any:
 def _json_rows(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file (or of a JSON file holding one list of objects)."""
     text = path.read_text()
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
+    if not (path.suffix == ".json" and text.lstrip().startswith("[")):
+        return [row for _, row in json_lines(path, "data")]
+    rows = json.loads(text)
     if any(not isinstance(r, dict) for r in rows):
         raise InputError(f"{path}: every row must be a JSON object with named fields, such as \"text\".")
     return rows

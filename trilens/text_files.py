@@ -10,21 +10,23 @@ from typing import Any
 from .errors import InputError
 
 
+def json_object(line: str | bytes, where: str) -> dict[str, Any]:
+    """One line of a JSON-lines file as the object it must hold; ``where`` names the line in errors."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where} is not valid JSON ({err.msg}).") from err
+    if not isinstance(row, dict):
+        raise InputError(f"{where} is not a JSON object; each line needs fields such as \"text\".")
+    return row
+
+
 def json_lines(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-empty line of a JSON-lines file."""
     if not path.exists():
         raise InputError(f"{what} file {path} does not exist.")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{i} is not valid JSON ({err.msg}).") from err
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{i} is not a JSON object; each line needs fields such as \"text\".")
-        rows.append((i, row))
+    rows = [(i, json_object(line, f"{path}:{i}")) for i, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip()]
     if not rows:
         raise InputError(f"{what} file {path} is empty.")
     return rows

@@ -22,19 +22,9 @@ TOP_K = 5
 
 def statistics(res: LensResult) -> list[str]:
     """The statistics ``res`` can show for its one input (the target rank only where a position has a target)."""
-    has_target = bool((res.targets[0][res.mask[0]] >= 0).any())
+    has_target = any(res.target_tokens())
     return [name for name, metric in LENS_STATISTICS.items()
             if metric is None or metric in res.metrics and (metric != "target_rank" or has_target)]
-
-
-def tokens(res: LensResult) -> list[str]:
-    """The input's tokens (its real positions)."""
-    return [res.token(i) for i in res.input_ids[0][res.mask[0]].tolist()]
-
-
-def targets(res: LensResult) -> list[str]:
-    """The token each real position is scored against ("" where none)."""
-    return [res.token(t) if t >= 0 else "" for t in res.targets[0][res.mask[0]].tolist()]
 
 
 def load_tuned(model: Model, path: str) -> TunedLens:

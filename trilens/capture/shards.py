@@ -3,8 +3,6 @@ whichever process or worker writes it (``capture_dataset`` locally, or its Ray e
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import as_created
+from ..atomic import atomic_file
 from .store import sha256_file, shard_name, write_json_atomic
 from .trace import trace
 
@@ -62,15 +60,8 @@ def capture_shard(model: Model, texts: Sequence[Any], k: int, block: range, out:
 
 def _write_shard(out: Path, k: int, texts: range, tensors: dict[str, torch.Tensor], lengths: dict[str, list[int]]) -> None:
     name = shard_name(k)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        as_created(tmp)
-        os.replace(tmp, out / f"{name}.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     f = out / f"{name}.safetensors"
+    with atomic_file(f) as tmp:
+        save_file(tensors, tmp)
     write_json_atomic(out / f"{name}.json", {"file": f.name, "texts": [texts.start, texts.stop], "lengths": lengths,
                                              "bytes": f.stat().st_size, "sha256": sha256_file(f)})

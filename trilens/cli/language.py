@@ -87,11 +87,12 @@ def _print_accuracy(result: Any) -> None:
 
 def cmd_lens_language(args: argparse.Namespace) -> int:
     from ..lens import language_lens
+    from ..loading import read_language_map
 
     model = load_model(args)
     q = read_queries(args, model)
     result = language_lens(model, q.prompts, q.answers, q.languages, facts=q.facts, k=args.k,
-                           language_map=_language_map(args.language_map))
+                           language_map=read_language_map(args.language_map) if args.language_map else None)
     print(f"language lens — {model.name}: {len(q.prompts)} prompts; per layer (0 = embeddings) and prompt language: "
           f"the gold answer's median rank in each language, the language share of the top-{args.k} lens tokens, "
           "and the cosine of parallel prompts (vs other facts)\n")
@@ -101,20 +102,6 @@ def cmd_lens_language(args: argparse.Namespace) -> int:
     if args.out:
         print(f"saved to {result.save(args.out, figure=True)}")
     return 0
-
-
-def _language_map(path: Path | None) -> dict[str, str] | None:
-    if path is None:
-        return None
-    import json
-
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"--language-map {path} cannot be read as JSON ({err}).") from err
-    if not isinstance(table, dict):
-        raise InputError(f"--language-map {path} should be one JSON object: token -> language.")
-    return table
 
 
 def _beta(text: str) -> float | str:

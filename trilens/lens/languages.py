@@ -90,23 +90,25 @@ def read_layers(unembed: Unembed, states: torch.Tensor, answer_ids: torch.Tensor
     """Per layer and prompt of ``states [layer, prompt, d]``: each answer's rank (0 = the top token; -1 where
     ``answer_ids [prompt, answer]`` is -1) and probability, and the top-k ids and probabilities; ``rows`` prompts'
     logits at a time."""
-    n_layers, n, _ = states.shape
-    rank = torch.full((n_layers, n, answer_ids.shape[1]), -1, dtype=torch.long)
-    prob = torch.full((n_layers, n, answer_ids.shape[1]), float("nan"))
-    top_ids = torch.empty(n_layers, n, k, dtype=torch.long)
-    top_probs = torch.empty(n_layers, n, k)
-    has = answer_ids >= 0
-    for layer in range(n_layers):
-        for start in range(0, n, rows):
-            r = slice(start, start + rows)
-            logits = unembed(states[layer, r].to(unembed.head.weight.dtype)).float()
-            lse = torch.logsumexp(logits, -1, keepdim=True)
-            a = logits.gather(-1, answer_ids[r].clamp_min(0))
-            rank[layer, r] = torch.where(has[r], (logits[:, None, :] > a[:, :, None]).sum(-1), -1)
-            prob[layer, r] = torch.where(has[r], (a - lse).exp(), float("nan"))
-            top = logits.topk(k, dim=-1)
-            top_ids[layer, r], top_probs[layer, r] = top.indices, (top.values - lse).exp()
-    return rank, prob, top_ids, top_probs
+    n_layers, n, d = states.shape
+    flat = states.reshape(n_layers * n, d)  # every layer's prompts as rows of one batch, read ``rows`` at a time
+    ids = answer_ids.repeat(n_layers, 1)
+    rank = torch.full(ids.shape, -1, dtype=torch.long)
+    prob = torch.full(ids.shape, float("nan"))
+    top_ids = torch.empty(len(flat), k, dtype=torch.long)
+    top_probs = torch.empty(len(flat), k)
+    has = ids >= 0
+    for start in range(0, len(flat), rows):
+        r = slice(start, start + rows)
+        logits = unembed(flat[r].to(unembed.head.weight.dtype)).float()
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        a = logits.gather(-1, ids[r].clamp_min(0))
+        rank[r] = torch.where(has[r], (logits[:, None, :] > a[:, :, None]).sum(-1), -1)
+        prob[r] = torch.where(has[r], (a - lse).exp(), float("nan"))
+        top = logits.topk(k, dim=-1)
+        top_ids[r], top_probs[r] = top.indices, (top.values - lse).exp()
+    return (rank.view(n_layers, n, -1), prob.view(n_layers, n, -1), top_ids.view(n_layers, n, k),
+            top_probs.view(n_layers, n, k))
 
 
 def consistency(correct: Sequence[bool] | torch.Tensor, facts: Sequence[Hashable],

@@ -151,6 +151,13 @@ def lens_at_answers(model: Model, texts: Sequence[str], answers: Sequence[str], 
     The slot is the last token for a decoder-only model (it predicts the answer) and the ``[MASK]``
     for an encoder; returns ``LensResult.at`` there: metrics ``[layer, text]``, top-1, settled layer.
     """
+    targets, pos = answer_slots(model, texts, answers)
+    return run_lens(model, list(texts), lens, targets=targets).at(pos)
+
+
+def answer_slots(model: Model, texts: Sequence[str], answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``targets [text, position]``: each answer's id at its text's slot, -1 elsewhere; the slot of each text): the
+    last token of a decoder-only model's text, an encoder's ``[MASK]``."""
     if model.family == "encoder-decoder":
         raise InputError("answer slots are for decoder-only and encoder models; use the decoder lens for encoder-decoders.")
     if len(answers) != len(texts):
@@ -166,7 +173,8 @@ def lens_at_answers(model: Model, texts: Sequence[str], answers: Sequence[str], 
         pos = is_mask.int().argmax(1)
     targets = torch.full_like(batch.input_ids, -1)
     targets[torch.arange(len(texts)), pos] = torch.tensor(tok.convert_tokens_to_ids(list(answers)))
-    return run_lens(model, list(texts), lens, targets=targets).at(pos)
+    return targets, pos
 
 
-__all__: Sequence[str] = ["Lens", "LogitLens", "logit_lens", "run_lens", "lens_states", "lens_at_answers"]
+__all__: Sequence[str] = ["Lens", "LogitLens", "logit_lens", "run_lens", "lens_states", "lens_at_answers",
+                          "answer_slots"]

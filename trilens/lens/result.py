@@ -103,6 +103,16 @@ class LensResult(Result):
                                 for m in METRICS if m in self.metrics}})
         return pd.DataFrame(rows)
 
+    def tokens(self, sequence: int = 0) -> list[str]:
+        """The input tokens of ``sequence`` (its real positions: the columns of ``values`` and ``figure``)."""
+        self._check_sequence(sequence)
+        return [self.token(i) for i in self.input_ids[sequence][self.mask[sequence]].tolist()]
+
+    def target_tokens(self, sequence: int = 0) -> list[str]:
+        """The token each real position of ``sequence`` is scored against ("" where none)."""
+        self._check_sequence(sequence)
+        return [self.token(t) if t >= 0 else "" for t in self.targets[sequence][self.mask[sequence]].tolist()]
+
     def values(self, metric: str | None = None, sequence: int = 0) -> torch.Tensor:
         """``[layer, position]`` float32 over ``sequence``'s real positions: the top-1 probability, or ``metric``
         (NaN where it is undefined: a target rank or cross-entropy at a position without a target)."""
@@ -129,7 +139,7 @@ class LensResult(Result):
                                                                                self.top_probs[lay, sequence, c]))
                   for c in cols] for lay in range(self.n_layers)]
         unit, colours = SHOWN.get(metric, (metric, "Viridis"))
-        return layer_heatmap(z, [self.token(self.input_ids[sequence, c]) for c in cols], text=text, hover=hover,
+        return layer_heatmap(z, self.tokens(sequence), text=text, hover=hover,
                              colorbar=unit, colorscale=colours,
                              title=f"{self.info.get('lens', 'logit')} lens — {metric or 'top-1 probability'} "
                                    f"(cell: top-1 token; hover: top {self.top_ids.shape[-1]})")

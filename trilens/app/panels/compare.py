@@ -11,7 +11,7 @@ from .. import state
 from ..attention_data import VIEW_TITLES, difference
 from ..inputs import AppInput
 from ...lens.result import SHOWN
-from ..lens_data import LENS_STATISTICS, lens_difference, statistics, tokens
+from ..lens_data import LENS_STATISTICS, lens_difference, statistics
 from .common import chart, downloads, shown_errors
 
 
@@ -36,7 +36,7 @@ def compare_panel(source: str, inp: AppInput, family: str) -> None:
         state.choose("compare_statistic", stats)
         statistic = st.selectbox("lens statistic", stats, key="compare_statistic", bind="query-params")
         diff, n = lens_difference(lens_a, lens_b, statistic)
-        tokens_a, tokens_b = tokens(lens_a), tokens(lens_b)
+        tokens_a, tokens_b = lens_a.tokens(), lens_b.tokens()
         labels = [f"{a} | {b}" for a, b in zip(tokens_a[:n], tokens_b[:n])]
         lens_fig = layer_heatmap(diff, labels, colorscale="RdBu", zmid=0.0,
                                  colorbar=f"Δ {SHOWN[LENS_STATISTICS[statistic]][0]}",

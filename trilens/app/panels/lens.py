@@ -8,7 +8,7 @@ import streamlit as st
 from ...viz import curves
 from .. import state
 from ..inputs import AppInput
-from ..lens_data import LENS_STATISTICS, statistics, targets, tokens
+from ..lens_data import LENS_STATISTICS, statistics
 from .common import chart, downloads, shown_errors
 from .language import language_panel
 
@@ -37,7 +37,7 @@ def lens_panel(source: str, inp: AppInput, family: str, has_languages: bool = Fa
         statistic = st.selectbox("statistic", shown, key="lens_statistic", bind="query-params")
         figure = res.figure(metric=LENS_STATISTICS[statistic])  # the result's own figure, as in a notebook
         chart(figure, key="lens-heatmap")
-        words, scored_against = tokens(res), targets(res)
+        words, scored_against = res.tokens(), res.target_tokens()
         scored = [p for p, t in enumerate(scored_against) if t]
         if scored and "target rank" in shown:
             labels = {p: f"{p}: {words[p]} → {scored_against[p]}" for p in scored}
